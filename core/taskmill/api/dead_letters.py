@@ -1,0 +1,72 @@
+"""``/api/v1/dead-letters``: the tenant's failed tasks, and requeueing them (operator)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from taskmill.api.auth import requires
+from taskmill.api.auth import scope_tenant
+from taskmill.api.errors import documents_errors
+from taskmill.api.schemas import DeadLetterQueryArgsSchema
+from taskmill.api.schemas import RequeueResultSchema
+from taskmill.api.schemas import RequeueSchema
+from taskmill.api.schemas import TaskSchema
+from taskmill.api.tasks import MAX_PAGE_SIZE
+from taskmill.api.tasks import PAGE_SIZE
+from taskmill.app import get_runtime
+from taskmill.models import Role
+from taskmill.models import Task
+from taskmill.models import TaskStatus
+
+__all__ = ["blp"]
+
+blp = Blueprint(
+    "dead_letters",
+    __name__,
+    url_prefix="/api/v1/dead-letters",
+    description="Tasks that failed for good, and requeueing them.",
+)
+
+MAX_REQUEUE = 1000
+
+
+@blp.route("")
+class DeadLetters(MethodView):
+    @requires(Role.OPERATOR)
+    @blp.arguments(DeadLetterQueryArgsSchema, location="query")
+    @blp.response(200, TaskSchema(many=True))
+    @blp.paginate(page_size=PAGE_SIZE, max_page_size=MAX_PAGE_SIZE)
+    @documents_errors(blp, 401, 403, 503)
+    def get(self, filters: dict[str, Any], pagination_parameters: Any) -> list[Task]:
+        """List failed tasks, newest first"""
+        query = {**filters, "status": TaskStatus.FAILED, "tenant": scope_tenant()}
+        items, total = get_runtime().storage.list_tasks(
+            query, offset=pagination_parameters.first_item, limit=pagination_parameters.page_size
+        )
+        pagination_parameters.item_count = total
+        return items
+
+
+@blp.route("/requeue")
+class Requeue(MethodView):
+    @requires(Role.OPERATOR)
+    @blp.arguments(RequeueSchema)
+    @blp.response(200, RequeueResultSchema)
+    @documents_errors(blp, 400, 401, 403, 422, 503)
+    def post(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Requeue failed tasks
+
+        By ``ids`` (at most 1,000; ids that are not failed are left alone) or by ``filter``
+        (``type``, ``queue``, ``failed_after``, ``failed_before``; at most 1,000 per call).
+        """
+        runtime = get_runtime()
+        tenant = scope_tenant()
+        if "ids" in data:
+            ids = list(dict.fromkeys(data["ids"]))
+        else:
+            ids = runtime.storage.find_failed({**data["filter"], "tenant": tenant}, limit=MAX_REQUEUE)
+        tasks = runtime.lifecycle.requeue_dead_letters(ids, tenant)
+        return {"requeued": len(tasks), "ids": [t.id for t in tasks]}

@@ -1,0 +1,51 @@
+"""``/health`` (readiness: storage and broker) and ``/health/live`` (liveness). No credential."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from taskmill.api.auth import public
+from taskmill.api.errors import RETRY_AFTER_UNAVAILABLE
+from taskmill.api.schemas import HealthSchema
+from taskmill.api.schemas import LiveSchema
+from taskmill.app import get_runtime
+
+__all__ = ["blp"]
+
+blp = Blueprint("health", __name__, url_prefix="/health", description="Readiness and liveness probes.")
+
+
+def _probe(check: Any) -> str:
+    try:
+        check()
+    except Exception as exc:  # noqa: BLE001 - any failure makes the probe report it
+        return str(exc) or type(exc).__name__
+    return "ok"
+
+
+@blp.route("")
+class Ready(MethodView):
+    @public
+    @blp.doc(security=[])
+    @blp.response(200, HealthSchema, description="Storage and broker answer.")
+    @blp.alt_response(503, schema=HealthSchema, description="Storage or broker unreachable.")
+    def get(self) -> tuple[dict[str, Any], int, dict[str, str]] | dict[str, Any]:
+        """Readiness: can this process reach its storage and broker?"""
+        runtime = get_runtime()
+        checks = {"storage": _probe(runtime.storage.check), "broker": _probe(runtime.broker.check)}
+        if all(v == "ok" for v in checks.values()):
+            return {"status": "ok", "checks": checks}
+        return {"status": "unavailable", "checks": checks}, 503, {"Retry-After": str(RETRY_AFTER_UNAVAILABLE)}
+
+
+@blp.route("/live")
+class Live(MethodView):
+    @public
+    @blp.doc(security=[])
+    @blp.response(200, LiveSchema)
+    def get(self) -> dict[str, str]:
+        """Liveness: the process serves requests."""
+        return {"status": "ok"}

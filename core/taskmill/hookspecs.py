@@ -1,0 +1,109 @@
+"""Every hook a taskmill plugin may implement.
+
+Plugins are found through the ``taskmill`` entry-point group and write
+``from taskmill import hookimpl``. Hooks are called with keyword arguments only; an
+implementation may accept any subset of the arguments a spec lists.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+from typing import Any
+
+import pluggy
+
+if TYPE_CHECKING:  # pragma: no cover
+    import click
+    from flask import Flask
+
+    from taskmill.models import Task
+
+__all__ = ["hookspec", "hookimpl"]
+
+hookspec = pluggy.HookspecMarker("taskmill")
+hookimpl = pluggy.HookimplMarker("taskmill")
+
+
+# --- discovery: called once at start-up, results merged by taskmill.registry ------------------
+
+
+@hookspec
+def taskmill_brokers() -> list[type]:
+    """Declare broker classes.
+
+    Called once when the registries are built. Return a list of :class:`taskmill.interfaces.Broker`
+    subclasses; each names the URL schemes it serves in ``schemes``. Two plugins claiming the same
+    scheme is a :class:`~taskmill.errors.PluginError`. Return ``None`` or ``[]`` for none.
+    """
+
+
+@hookspec
+def taskmill_storages() -> list[type]:
+    """Declare storage classes.
+
+    Called once when the registries are built. Return a list of :class:`taskmill.interfaces.Storage`
+    subclasses; each names the URL schemes it serves in ``schemes``.
+    """
+
+
+@hookspec
+def taskmill_auth_backends() -> list[type]:
+    """Declare credential checkers.
+
+    Called once when the app is built. Return a list of :class:`taskmill.interfaces.AuthBackend`
+    subclasses. Each is asked in turn (by ``priority``, highest first) to turn a request into a
+    principal; the first principal wins.
+    """
+
+
+@hookspec
+def taskmill_handlers() -> list[Any]:
+    """Declare task handlers.
+
+    Called once when the registries are built. Return a list of functions decorated with
+    :func:`taskmill.handler` (or :class:`taskmill.handlers.HandlerSpec` objects). Two plugins
+    declaring the same handler name is a :class:`~taskmill.errors.PluginError`.
+    """
+
+
+# --- extension: called while the app and the CLI are built -------------------------------------
+
+
+@hookspec
+def taskmill_app(app: Flask) -> None:
+    """Extend the Flask app: register blueprints, hooks, extensions.
+
+    Called once at the end of :func:`taskmill.app.create_app`, in every role. Return value ignored.
+    """
+
+
+@hookspec
+def taskmill_cli(group: click.Group) -> None:
+    """Add click commands to the ``taskmill`` command group.
+
+    Called once when the CLI starts. Return value ignored.
+    """
+
+
+@hookspec
+def taskmill_bootstrap(runtime: Any) -> list[str] | None:
+    """Prepare a freshly migrated installation (for example, create a first admin API key).
+
+    Called by ``taskmill run`` and ``taskmill db upgrade`` after migrations, in the CLI process.
+    Return lines to print to the operator, or ``None``. Must be idempotent: it runs on every start.
+    """
+
+
+# --- events: observers, called for every lifecycle event; failures are logged, never raised -----
+
+
+@hookspec
+def taskmill_task_event(task: Task, event: str) -> None:
+    """Observe a lifecycle event of a task.
+
+    Called after the change is committed, in the process that made it, for every event:
+    ``submitted``, ``started``, ``completed``, ``retrying``, ``failed``, ``cancelled``,
+    ``cancel_requested``, ``requeued``, ``released``. ``task`` is the task as written. An
+    exception in an implementation is logged and does not affect the task or other plugins.
+    Return value ignored.
+    """

@@ -1,0 +1,49 @@
+"""Plain JSON forms of the domain records (CLI, webhooks); the API uses its marshmallow schemas."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from taskmill.models import Task
+
+__all__ = ["task_to_dict", "format_time"]
+
+
+def format_time(value: dt.datetime | None) -> str | None:
+    """RFC 3339 UTC with milliseconds: ``2026-11-28T10:00:00.123Z``."""
+    if value is None:
+        return None
+    value = value.astimezone(dt.UTC)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+def task_to_dict(task: Task) -> dict[str, Any]:
+    """The API's task resource as a dict."""
+    return {
+        "id": str(task.id),
+        "type": task.type,
+        "queue": task.queue,
+        "priority": task.priority,
+        "payload": task.payload,
+        "status": task.status.value,
+        "tenant": task.tenant,
+        "attempts": task.attempts,
+        "max_retries": task.max_retries,
+        "timeout": task.timeout,
+        "retry_backoff": task.retry_backoff,
+        "run_at": format_time(task.run_at),
+        "depends_on": list(task.depends_on),
+        "idempotency_key": task.idempotency_key,
+        "callback_url": task.callback_url,
+        "tags": list(task.tags),
+        "progress": task.progress,
+        "cancel_requested": task.cancel_requested,
+        "result": task.result,
+        "error": task.error,
+        "worker": task.worker,
+        "created_at": format_time(task.created_at),
+        "started_at": format_time(task.started_at),
+        "finished_at": format_time(task.finished_at),
+        "updated_at": format_time(task.updated_at),
+    }

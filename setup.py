@@ -1,0 +1,64 @@
+"""taskmill: a distributed task queue with a REST API, roles and tenants."""
+
+from setuptools import setup
+
+PACKAGES = {
+    "taskmill": "core/taskmill",
+    "taskmill.api": "core/taskmill/api",
+    "taskmill_sql": "plugins/taskmill_sql",
+    "taskmill_sql.migrations": "plugins/taskmill_sql/migrations",
+    "taskmill_sql.migrations.versions": "plugins/taskmill_sql/migrations/versions",
+    "taskmill_handlers": "handlers/taskmill_handlers",
+}
+
+setup(
+    name="taskmill",
+    version="0.1.0",
+    description="A distributed task queue for Python teams: REST API, workers, manager, plugins.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=list(PACKAGES),
+    package_dir=PACKAGES,
+    package_data={
+        "taskmill_sql": ["migrations/script.py.mako"],
+        "taskmill": ["api/templates/*.html", "api/static/*.js"],
+    },
+    install_requires=[
+        "flask>=3.1,<4",
+        "flask-smorest>=0.47,<0.48",
+        "marshmallow>=4.0,<5",
+        "apispec>=6.6,<7",
+        "pluggy>=1.5,<2",
+        "sqlalchemy>=2.0.36,<2.2",
+        "alembic>=1.13,<2",
+        "psycopg2-binary>=2.9.9,<3",
+        "click>=8.1,<9",
+        "gunicorn>=23,<28",
+        "prometheus-client>=0.20,<1",
+        "prometheus-flask-exporter>=0.23,<0.24",
+        "swagger-ui-bundle>=1.1,<2",
+        "requests>=2.31,<3",
+        "urllib3>=2.6,<3",
+        "limits>=3.13,<6",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8,<10",
+            "pytest-timeout>=2.3,<3",
+            "ruff>=0.6",
+        ],
+    },
+    entry_points={
+        "console_scripts": ["taskmill = taskmill.cli:main"],
+        "taskmill": [
+            "sql = taskmill_sql",
+            "handlers = taskmill_handlers",
+        ],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3.11",
+        "Framework :: Flask",
+        "Topic :: System :: Distributed Computing",
+    ],
+)
