@@ -134,8 +134,12 @@ class Task:
 
     @property
     def retries_left(self) -> int:
-        """How many more failed attempts the task may absorb before it is dead-lettered."""
-        return self.max_retries - (self.attempts - self.budget_start)
+        """Retries still allowed if the current attempt fails (0: it goes to the dead letters).
+
+        ``attempts`` counts the current attempt; ``budget_start`` is where the last manual retry
+        reset the budget, so ``max_retries=2`` allows three attempts in all.
+        """
+        return max(0, self.max_retries - (self.attempts - self.budget_start - 1))
 
     @property
     def is_final(self) -> bool:

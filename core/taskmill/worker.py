@@ -20,6 +20,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 import uuid
 from collections import deque
@@ -288,6 +289,14 @@ class WorkerPool:
         index = self.slots.index(slot)
         self.slots[index] = self._spawn()
 
+    def stop(self, force: bool = False) -> None:
+        """Stop as a first (or, with ``force``, a second) SIGTERM would."""
+        if force:
+            self.force = True
+        elif not self.stopping:
+            self.stopping = True
+            self._stop_deadline = time.monotonic() + self.settings.shutdown_timeout
+
     def _on_signal(self, signum: int, _frame: Any) -> None:
         if self.stopping:
             logger.warning("second signal: stopping now and handing running tasks back")
@@ -307,7 +316,9 @@ class WorkerPool:
             concurrency=self.options.concurrency,
         )
         self.rt.storage.register_worker(info)
-        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        old = {}
+        if threading.current_thread() is threading.main_thread():
+            old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         logger.info(
             "worker %s listening on %s with %s processes",
             self.worker_id,
@@ -353,7 +364,7 @@ class WorkerPool:
                         if claimed:
                             idle_sleep = 0.01
                         else:
-                            idle_sleep = min(self.settings.poll_interval, idle_sleep * 2)
+                            idle_sleep = min(self._idle_cap(), idle_sleep * 2)
                         next_poll = now + idle_sleep
                     if (
                         self.options.burst
@@ -388,6 +399,12 @@ class WorkerPool:
                 self._read(obj)
             if self._flush_due():
                 self._flush()
+
+    def _idle_cap(self) -> float:
+        """Longest idle sleep: the poll interval when the source can wake us, else at most 0.1 s."""
+        if self.source.fileno() is not None:
+            return self.settings.poll_interval
+        return min(0.1, self.settings.poll_interval)
 
     def _wait_timeout(self, next_poll: float, next_heartbeat: float, wake: bool) -> float:
         now = time.monotonic()

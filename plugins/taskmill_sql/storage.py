@@ -839,7 +839,7 @@ class SqlStorage(Storage):
 
     def heartbeat(self, worker_id: str, values: dict[str, Any]) -> bool:
         vals = dict(values)
-        vals["last_heartbeat"] = utcnow()
+        vals.setdefault("last_heartbeat", utcnow())
         with self._one() as conn:
             return conn.execute(update(workers).where(workers.c.id == worker_id).values(**vals)).rowcount > 0
 
