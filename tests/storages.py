@@ -29,13 +29,8 @@ def runtime_on(backend: str, tmp_path: Any, **overrides: Any) -> Iterator[Runtim
     else:
         ctx = scratch_database(postgres_url())
     with ctx as url:
-        settings = Settings(
-            database_url=url,
-            load_plugins=("sql",),
-            secret_key="test",
-            worker_lease=overrides.pop("worker_lease", 30.0),
-            **overrides,
-        )
+        values: dict[str, Any] = {"load_plugins": ("sql",), "secret_key": "test", **overrides}
+        settings = Settings(database_url=url, **values)
         rt = build_runtime(settings, plugins=[JobsPlugin()], upgrade=True)
         try:
             yield rt

@@ -354,6 +354,7 @@ class Lifecycle:
             elif out.kind == "cancelled":
                 row.update(
                     status=TaskStatus.CANCELLED,
+                    result=out.result,  # what a handler returned when it stopped early, if anything
                     finished_at=now,
                     error=out.error or {"type": "Cancelled", "message": "cancelled by request"},
                 )

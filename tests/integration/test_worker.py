@@ -1,0 +1,189 @@
+"""The SQL broker's worker pool: real forked processes on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from taskmill.models import TaskStatus
+from taskmill.worker import WorkerOptions
+from taskmill.worker import WorkerPool
+from taskmill_sql.broker import SqlTaskSource
+from tests.storages import BACKENDS
+from tests.storages import runtime_on
+
+S = TaskStatus
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(params=BACKENDS)
+def rt(request: pytest.FixtureRequest, tmp_path: Any) -> Any:
+    with runtime_on(request.param, tmp_path, cancel_grace=1.0, heartbeat_interval=0.5) as runtime:
+        yield runtime
+
+
+def submit(rt: Any, **body: Any) -> Any:
+    body.setdefault("type", "j.echo")
+    [(task, _)] = rt.lifecycle.submit([rt.lifecycle.build(body, "acme")])
+    return task
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+class RunningPool:
+    """A pool running in a thread, stopped at the end of the test."""
+
+    def __init__(self, rt: Any, concurrency: int = 2, **kw: Any) -> None:
+        self.options = WorkerOptions(queues=["default"], concurrency=concurrency, **kw)
+        self.pool = WorkerPool(rt, self.options, SqlTaskSource(rt.broker, self.options))
+        self.thread = threading.Thread(target=self.pool.run, daemon=True)
+
+    def __enter__(self) -> WorkerPool:
+        self.thread.start()
+        return self.pool
+
+    def __exit__(self, *exc: Any) -> None:
+        self.pool.stop()
+        self.thread.join(timeout=30)
+        assert not self.thread.is_alive()
+
+
+def status(rt: Any, task: Any) -> TaskStatus:
+    return rt.storage.get_task(task.id).status
+
+
+def test_burst_worker_runs_everything_and_stores_results(rt: Any) -> None:
+    tasks = [submit(rt, payload={"i": i}) for i in range(40)]
+    options = WorkerOptions(queues=["default"], concurrency=2, burst=True)
+    rt.broker.run_worker(options)
+    for t in tasks:
+        done = rt.storage.get_task(t.id)
+        assert done.status is S.COMPLETED and done.result == {"i": t.payload["i"]} and done.attempts == 1
+    assert rt.storage.list_workers() == []  # unregistered on exit
+
+
+def test_failures_are_recorded_with_type_message_and_traceback(rt: Any) -> None:
+    boom = submit(rt, type="j.boom", payload={"message": "kaput"}, max_retries=0)
+    not_json = submit(rt, type="j.not_json", max_retries=0)
+    no_retry = submit(rt, type="j.no_retry", max_retries=5)
+    rt.broker.run_worker(WorkerOptions(queues=["default"], concurrency=2, burst=True))
+    b = rt.storage.get_task(boom.id)
+    assert b.status is S.FAILED and b.error["type"] == "ValueError" and b.error["message"] == "kaput"
+    assert "Traceback" in b.error["traceback"] and "j_boom" in b.error["traceback"]
+    assert rt.storage.get_task(not_json.id).error["type"] == "TypeError"
+    nr = rt.storage.get_task(no_retry.id)
+    assert nr.status is S.FAILED and nr.attempts == 1
+
+
+def test_timeout_kills_the_task_and_counts_a_failed_attempt(rt: Any) -> None:
+    slow = submit(rt, type="j.stubborn", payload={"seconds": 30}, timeout=1, max_retries=0)
+    after = submit(rt)
+    started = time.monotonic()
+    rt.broker.run_worker(WorkerOptions(queues=["default"], concurrency=1, burst=True))
+    assert time.monotonic() - started < 10
+    t = rt.storage.get_task(slow.id)
+    assert t.status is S.FAILED and t.error["type"] == "TimeoutError"
+    assert status(rt, after) is S.COMPLETED  # the replacement process carries on
+
+
+def test_a_crashing_handler_is_a_failed_attempt_and_the_pool_recovers(rt: Any) -> None:
+    crash = submit(rt, type="j.crash", max_retries=0)
+    others = [submit(rt) for _ in range(5)]
+    rt.broker.run_worker(WorkerOptions(queues=["default"], concurrency=1, burst=True))
+    t = rt.storage.get_task(crash.id)
+    assert t.status is S.FAILED and t.error["type"] == "WorkerLost"
+    assert all(status(rt, o) is S.COMPLETED for o in others)
+
+
+def test_retry_exception_then_success(rt: Any) -> None:
+    task = submit(rt, type="j.retry", payload={"until": 3}, max_retries=5)
+    for _ in range(3):
+        rt.broker.run_worker(WorkerOptions(queues=["default"], concurrency=1, burst=True))
+        rt.lifecycle.release_due()
+    done = rt.storage.get_task(task.id)
+    assert done.status is S.COMPLETED and done.result == {"attempt": 3} and done.attempts == 3
+
+
+def test_cooperative_cancel_of_a_running_task(rt: Any) -> None:
+    task = submit(rt, type="j.sleep", payload={"seconds": 30})
+    with RunningPool(rt):
+        wait_for(lambda: status(rt, task) is S.RUNNING)
+        wait_for(lambda: (rt.storage.get_task(task.id).progress or 0) > 0)
+        _, done = rt.lifecycle.cancel(task.id, "acme")
+        assert not done
+        t = wait_for(lambda: (x := rt.storage.get_task(task.id)).status is S.CANCELLED and x, timeout=10)
+    assert t.result == {"stopped": True} and t.finished_at is not None
+
+
+def test_forced_cancel_after_the_grace_period(rt: Any) -> None:
+    task = submit(rt, type="j.stubborn", payload={"seconds": 60})
+    follow = submit(rt)
+    with RunningPool(rt, concurrency=1):
+        wait_for(lambda: status(rt, task) is S.RUNNING)
+        started = time.monotonic()
+        rt.lifecycle.cancel(task.id, "acme")
+        t = wait_for(lambda: (x := rt.storage.get_task(task.id)).status is S.CANCELLED and x, timeout=15)
+        assert time.monotonic() - started >= 0.9  # the grace period (1 s) was given
+        assert "force" in t.error["message"]
+        wait_for(lambda: status(rt, follow) is S.COMPLETED)
+
+
+def test_heartbeat_and_current_task_are_visible(rt: Any) -> None:
+    task = submit(rt, type="j.sleep", payload={"seconds": 3})
+    with RunningPool(rt, concurrency=1) as pool:
+        wait_for(lambda: status(rt, task) is S.RUNNING)
+        w = wait_for(lambda: [w for w in rt.storage.list_workers() if w.current_task])
+        assert w[0].id == pool.worker_id and w[0].current_task == str(task.id)
+        first = w[0].last_heartbeat
+        wait_for(lambda: rt.storage.list_workers()[0].last_heartbeat > first)
+
+
+@pytest.mark.slow
+def test_sigterm_finishes_running_and_hands_back_the_rest(tmp_path: Any) -> None:
+    """A real `taskmill worker` process: SIGTERM lets the running task finish and gives back the
+    tasks it had claimed but not started (their attempt is not counted)."""
+    with runtime_on("sqlite", tmp_path, load_plugins=("sql", "handlers")) as rt:
+        env = {
+            **os.environ,
+            "TASKMILL_DATABASE_URL": rt.settings.database_url,
+            "TASKMILL_LOAD_PLUGINS": "sql,handlers",
+            "TASKMILL_WORKER_PREFETCH": "3",
+            "PYTHONPATH": ROOT,
+        }
+        lc = rt.lifecycle
+        [(task, _)] = lc.submit([lc.build({"type": "sleep", "payload": {"seconds": 1.5}}, "t")])
+        rest = lc.submit([lc.build({"type": "echo"}, "t") for _ in range(3)])
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "taskmill.cli", "worker", "--concurrency", "1"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_for(lambda: rt.storage.get_task(task.id).status is S.RUNNING)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=20) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert rt.storage.get_task(task.id).status is S.COMPLETED
+        for t, _ in rest:
+            after = rt.storage.get_task(t.id)
+            assert after.status is S.QUEUED and after.attempts == 0
+        assert rt.storage.list_workers() == []
