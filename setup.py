@@ -9,6 +9,8 @@ PACKAGES = {
     "taskmill_sql.migrations": "plugins/taskmill_sql/migrations",
     "taskmill_sql.migrations.versions": "plugins/taskmill_sql/migrations/versions",
     "taskmill_handlers": "handlers/taskmill_handlers",
+    "taskmill_auth": "plugins/taskmill_auth",
+    "taskmill_redis": "plugins/taskmill_redis",
 }
 
 setup(
@@ -41,12 +43,16 @@ setup(
         "requests>=2.31,<3",
         "urllib3>=2.6,<3",
         "limits>=3.13,<6",
+        "pyjwt[crypto]>=2.8,<3",
+        "rq>=2.0,<3",
+        "redis>=5,<9",
     ],
     extras_require={
         "test": [
             "pytest>=8,<10",
             "pytest-timeout>=2.3,<3",
             "ruff>=0.6",
+            "wheel>=0.42",  # the plugin-install test builds a package without network
         ],
     },
     entry_points={
@@ -54,6 +60,8 @@ setup(
         "taskmill": [
             "sql = taskmill_sql",
             "handlers = taskmill_handlers",
+            "redis = taskmill_redis",
+            "auth = taskmill_auth",
         ],
     },
     classifiers=[
