@@ -284,6 +284,14 @@ class SqlStorage(Storage):
                     raise StorageError("could not insert tasks: idempotency keys keep colliding") from None
         raise AssertionError("unreachable")
 
+    @functools.cached_property
+    def _insert_one(self) -> Any:
+        return insert(tasks).returning(tasks)
+
+    @functools.cached_property
+    def _insert_many(self) -> Any:
+        return insert(tasks).returning(tasks, sort_by_parameter_order=True)
+
     def _insert_tasks(
         self, new: Sequence[NewTask], statuses: Sequence[TaskStatus]
     ) -> list[tuple[Task, bool]]:
@@ -365,12 +373,11 @@ class SqlStorage(Storage):
             inserted: dict[uuid.UUID, Task] = {}
             if rows:
                 if len(rows) == 1:
-                    result = conn.execute(insert(tasks).returning(tasks), rows[0])
-                    inserted = {r.id: row_to_task(r) for r in result}
+                    result = conn.execute(self._insert_one, rows[0])
                 else:
                     # insertmanyvalues: one INSERT … VALUES (…), (…) … RETURNING per chunk
-                    result = conn.execute(insert(tasks).returning(tasks, sort_by_parameter_order=True), rows)
-                    inserted = {r.id: row_to_task(r) for r in result}
+                    result = conn.execute(self._insert_many, rows)
+                inserted = {r.id: row_to_task(r) for r in result}
             if deps_rows:
                 conn.execute(insert(task_dependencies), deps_rows)
         out: list[tuple[Task, bool]] = []
