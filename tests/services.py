@@ -7,7 +7,10 @@ except with ``TASKMILL_REQUIRE_SERVICES=1`` (CI), where an unreachable service f
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -68,3 +71,81 @@ def scratch_database(base_url: str) -> Iterator[str]:
         with admin.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+
+
+def redis_url() -> str:
+    """The Redis of ``TASKMILL_TEST_REDIS_URL`` (skips, or fails in CI, when unreachable)."""
+    url = os.environ.get("TASKMILL_TEST_REDIS_URL", DEFAULT_REDIS_URL)
+    try:
+        import redis
+
+        client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except Exception as exc:  # noqa: BLE001 - any failure means unreachable
+        unavailable("Redis", url, exc)
+    return url
+
+
+class RedisServer:
+    """A ``redis-server`` of our own on a free port, without persistence (it can lose everything)."""
+
+    def __init__(self) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        import redis
+
+        self.proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5, socket_timeout=1)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.RedisError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+            finally:
+                client.close()
+
+    def stop(self) -> None:
+        """Kill it (SIGKILL: whatever it held is gone)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+
+@contextmanager
+def redis_server() -> Iterator[RedisServer]:
+    """Start a private redis-server (skip, or fail in CI, when the binary is missing)."""
+    if shutil.which("redis-server") is None:
+        unavailable("redis-server", "PATH", FileNotFoundError("redis-server"))
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -10,6 +10,7 @@ case without the prefix (``{"database_url": "…"}``); environment variables win
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
 from collections.abc import Mapping
@@ -18,10 +19,16 @@ from urllib.parse import urlsplit
 
 from taskmill.errors import ConfigError
 
-__all__ = ["Settings", "load_settings", "DEFAULT_DATABASE_URL"]
+__all__ = ["Settings", "load_settings", "is_loopback", "DEFAULT_DATABASE_URL", "LOOPBACK_HOSTS"]
 
 DEFAULT_DATABASE_URL = "sqlite:///taskmill.db"
 """The embedded default: a SQLite file in the working directory."""
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost", "localhost.localdomain"})
+"""Hosts that only this machine can reach (``TASKMILL_AUTH=none`` is refused on any other)."""
+
+MIN_JWT_SECRET_BYTES = 32
+"""RFC 7518 §3.2: an HS256 key is at least as long as the hash."""
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -85,6 +92,9 @@ class Settings:
     trace_plugins: bool = False
     metrics_dir: str = ""
     """PROMETHEUS_MULTIPROC_DIR shared by every role of one installation."""
+    redis_worker_class: str = "simple"
+    """RQ worker class of the Redis broker: ``simple`` (SimpleWorker, the task runs in the worker
+    process; measured fastest) or ``fork`` (forking Worker, a work-horse process per task)."""
 
     @property
     def effective_broker_url(self) -> str:
@@ -146,6 +156,16 @@ def _coerce(name: str, raw: Any) -> Any:
     return str(raw_s)
 
 
+def is_loopback(host: str) -> bool:
+    """True when ``host`` can only be reached from this machine."""
+    if host.lower() in LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def validate(settings: Settings) -> Settings:
     """Check every value; raise one ConfigError listing all that are wrong."""
     errors: dict[str, str] = {}
@@ -176,10 +196,21 @@ def validate(settings: Settings) -> Settings:
         errors["result_ttl"] = "must be at least 86400 (idempotency keys are kept 24 hours)"
     if s.auth not in ("apikey", "none"):
         errors["auth"] = "must be 'apikey' or 'none'"
+    elif s.auth == "none" and not is_loopback(s.host):
+        errors["auth"] = (
+            f"'none' is for local development and needs a loopback host (127.0.0.1, ::1, localhost), "
+            f"not {s.host!r}"
+        )
+    if s.jwt_secret and len(s.jwt_secret.encode()) < MIN_JWT_SECRET_BYTES:
+        errors["jwt_secret"] = f"must be at least {MIN_JWT_SECRET_BYTES} bytes"
+    if not (0 <= s.jwt_leeway <= 300):
+        errors["jwt_leeway"] = "must be 0..300 seconds"
     if s.tenant_max_pending < 0:
         errors["tenant_max_pending"] = "must not be negative"
     if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         errors["log_level"] = "must be DEBUG, INFO, WARNING, ERROR or CRITICAL"
+    if s.redis_worker_class not in ("simple", "fork"):
+        errors["redis_worker_class"] = "must be 'simple' or 'fork'"
     if s.rate_limit:
         try:
             from limits import parse

@@ -132,3 +132,86 @@ def tasks_in_db() -> Callable[[Runtime], int]:
 @pytest.fixture
 def drive() -> Callable[..., Task]:
     return run_to_end
+
+
+# ---- auth on: the real taskmill_auth plugin (API keys and JWT) ---------------------------------------
+
+JWT_SECRET = "unit-test-jwt-secret-of-at-least-32-bytes!"
+"""The HS256 secret of the auth-on apps."""
+
+AUTH_TENANTS = ("acme", "other")
+
+
+class Secured:
+    """An auth-on app with a key per role and tenant (``keys[(role, tenant)]``; admins in ``root``)."""
+
+    def __init__(self, app: Flask) -> None:
+        from taskmill.models import Role
+        from taskmill_auth import create_api_key
+
+        self.app = app
+        self.runtime: Runtime = app.extensions["taskmill"]
+        self.client: FlaskClient = app.test_client()
+        self.keys: dict[tuple[str, str], str] = {}
+        self.key_ids: dict[tuple[str, str], str] = {}
+        for role in Role:
+            for tenant in ("root",) if role is Role.ADMIN else AUTH_TENANTS:
+                created = create_api_key(self.runtime, tenant, role, f"{role.value}@{tenant}")
+                self.keys[(role.value, tenant)] = created["key"]
+                self.key_ids[(role.value, tenant)] = created["id"]
+
+    def headers(self, role: str, tenant: str = "acme") -> dict[str, str]:
+        """``Authorization: Bearer <key>`` of the key with that role (admins: tenant ``root``)."""
+        tenant = "root" if role == "admin" else tenant
+        return {"Authorization": f"Bearer {self.keys[(role, tenant)]}"}
+
+    def jwt(self, claims: dict[str, Any], secret: str = JWT_SECRET, algorithm: str = "HS256") -> str:
+        """An HS256 JWT with these claims (``exp`` one minute from now unless given)."""
+        import time
+
+        import jwt
+
+        return jwt.encode({"exp": int(time.time()) + 60, **claims}, secret, algorithm=algorithm)
+
+    def submit(self, tenant: str, **body: Any) -> Task:
+        """A queued task of ``tenant`` made through the lifecycle (no request, no audit entry)."""
+        lifecycle = self.runtime.lifecycle
+        ((task, _),) = lifecycle.submit([lifecycle.build({"type": "t.echo", **body}, tenant)])
+        return task
+
+
+def build_secured_app(path: Any, *, plugins: list[Any] | None = None, **overrides: Any) -> Flask:
+    """An app with auth on and the ``taskmill_auth`` plugin (plus ``sql`` and the test handlers)."""
+    settings = {
+        "database_url": f"sqlite:///{path}",
+        "auth": "apikey",
+        "load_plugins": ["sql", "auth"],
+        "secret_key": "unit-test-secret",
+        "jwt_secret": JWT_SECRET,
+        **overrides,
+    }
+    app = create_app(settings, plugins=[UnitHandlers(), *(plugins or [])])
+    app.testing = True
+    return app
+
+
+@pytest.fixture
+def make_secured(tmp_path: Any) -> Iterator[Callable[..., Secured]]:
+    """Build auth-on apps with a key per role: ``make_secured(rate_limit="2/second")``."""
+    counter = itertools.count()
+    made: list[Secured] = []
+
+    def make(**overrides: Any) -> Secured:
+        secured = Secured(build_secured_app(tmp_path / f"s{next(counter)}.db", **overrides))
+        made.append(secured)
+        return secured
+
+    yield make
+    for secured in made:
+        secured.runtime.close()
+
+
+@pytest.fixture
+def secured(make_secured: Callable[..., Secured]) -> Secured:
+    """An auth-on app (API keys and HS256 JWT) with a key per role and tenant."""
+    return make_secured()

@@ -22,7 +22,18 @@ from taskmill.api.errors import error_payload
 from taskmill.api.errors import http_error
 from taskmill.api.errors import init_errors
 
-__all__ = ["init_api", "TaskmillApi", "requires", "public", "iter_route_roles", "undeclared_routes"]
+__all__ = [
+    "init_api",
+    "get_api",
+    "register_blueprint",
+    "TaskmillApi",
+    "requires",
+    "public",
+    "iter_route_roles",
+    "undeclared_routes",
+]
+
+EXTENSION_KEY = "taskmill.api"
 
 SECURITY_SCHEMES = {
     "bearerAuth": {
@@ -65,11 +76,26 @@ def init_api(app: Flask, runtime: Any) -> TaskmillApi:
     for module in (tasks, queues, dead_letters, workers, handlers, health):
         api.register_blueprint(module.blp)
     app.register_blueprint(docs.blp)
+    _document_pagination_header(api)
     _declare_openapi_public(app)
     init_errors(app)
     init_auth(app, runtime)
     app.before_request(_require_json_body)
+    app.extensions[EXTENSION_KEY] = api
     return api
+
+
+def get_api(app: Flask) -> TaskmillApi:
+    """The app's flask-smorest Api (plugins register their resource blueprints on it)."""
+    return app.extensions[EXTENSION_KEY]
+
+
+def register_blueprint(app: Flask, blp: Any) -> None:
+    """Register a plugin's flask-smorest blueprint so that it appears in the OpenAPI document.
+
+    Call it from ``taskmill_app(app)``. Its views declare roles with ``@requires`` like core's.
+    """
+    get_api(app).register_blueprint(blp)
 
 
 def _require_json_body(*_: Any) -> None:
@@ -86,6 +112,17 @@ def _require_json_body(*_: Any) -> None:
             "the request body must be JSON (Content-Type: application/json)",
             {"json": [f"unsupported content type {request.mimetype or 'none'!r}"]},
         )
+
+
+def _document_pagination_header(api: Api) -> None:
+    """``X-Pagination`` carries a JSON object: say so with ``content`` (OpenAPI 3), not ``schema``,
+    which would mean the comma-separated "simple" style that clients and fuzzers then expect."""
+    headers = api.spec.components.headers
+    if "PAGINATION" in headers:
+        headers["PAGINATION"] = {
+            "description": "Pagination metadata, a JSON object.",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PaginationMetadata"}}},
+        }
 
 
 def _declare_openapi_public(app: Flask) -> None:

@@ -11,6 +11,10 @@
   map so a test can insist that every route declares something.
 - **What they may see.** :func:`scope_tenant` is the tenant every view passes to the lifecycle
   and storage (``None`` for an admin: every tenant).
+- **How often.** With ``TASKMILL_RATE_LIMIT`` set, every authenticated request counts against its
+  credential's rate (:mod:`taskmill.api.ratelimit`); over it, a 429 with ``Retry-After``.
+- **What they did.** :func:`audit` writes one audit-log entry (actor, tenant, action, target,
+  details) for a state-changing request; views call it once per request.
 
 A plugin adding API keys or JWT only declares a backend class; no view changes.
 """
@@ -31,6 +35,7 @@ from flask import request
 
 from taskmill.errors import AuthError
 from taskmill.errors import Forbidden
+from taskmill.errors import StorageUnavailable
 from taskmill.models import Principal
 from taskmill.models import Role
 
@@ -47,6 +52,8 @@ __all__ = [
     "submit_tenant",
     "init_auth",
     "LOCAL_PRINCIPAL",
+    "audit",
+    "actor_of",
 ]
 
 logger = logging.getLogger("taskmill.api.auth")
@@ -186,12 +193,55 @@ def _check_request() -> None:
         logger.warning("route %s %s declares no role; requiring admin", request.method, rule.rule)
         role = Role.ADMIN
     principal = current_principal()
+    limiter = current_app.extensions[EXTENSION_KEY]["limiter"]
+    if limiter is not None:
+        limiter.check(principal)
     if not principal.role.includes(role):
         raise Forbidden(f"this action needs the {Role(role).value} role; you have {principal.role.value}")
 
 
+def actor_of(principal: Principal) -> str:
+    """How the audit log names a principal: ``key:<id>``, ``jwt:<sub>``, ``local``, …"""
+    return principal.subject
+
+
+def audit(action: str, target: str | None = None, *, tenant: str | None = None, **details: Any) -> None:
+    """Write one audit-log entry for the current request: who did what to which object.
+
+    Called by views after the action succeeded, once per request (a batch is one entry).
+    A failure to write is logged and swallowed: the action already happened, and answering
+    an error would invite the client to repeat it.
+
+    Args:
+        action: a dotted verb such as ``task.submit`` or ``api_key.revoke``.
+        target: the object acted on (a task id, a queue name, a key id), if any.
+        tenant: the tenant the object belongs to; defaults to the caller's.
+        details: more JSON-serialisable facts (never a secret).
+    """
+    principal = current_principal()
+    entry_tenant = tenant or principal.tenant
+    if entry_tenant != principal.tenant:
+        details = {**details, "actor_tenant": principal.tenant}
+    entry = {
+        "actor": actor_of(principal)[:200],
+        "tenant": entry_tenant[:100],
+        "action": action,
+        "target": None if target is None else str(target)[:200],
+        "details": details or None,
+    }
+    try:
+        current_app.extensions["taskmill"].storage.add_audit(entry)
+    except StorageUnavailable as exc:
+        logger.error("audit entry %s on %s could not be written: %s", action, target, exc)
+    except Exception:  # noqa: BLE001 - the action is done; a lost entry must not turn it into a 500
+        logger.error("audit entry %s on %s could not be written", action, target, exc_info=True)
+
+
 def init_auth(app: Flask, runtime: Any) -> None:
-    """Instantiate the auth backends once and install the ``before_request`` check."""
+    """Instantiate the auth backends and the rate limiter once and install the ``before_request``
+    check. ``TASKMILL_AUTH=none`` is logged loudly (the settings refuse it off loopback)."""
+    from taskmill.api.ratelimit import build_rate_limiter
+
     settings = runtime.settings
     backends: list[tuple[str, Any]] = []
     if settings.auth != "none":
@@ -199,5 +249,12 @@ def init_auth(app: Flask, runtime: Any) -> None:
             backends.append((plugin_name, cls(settings, runtime)))
         if not backends:
             logger.warning("no auth backend is installed: every API request will be refused (401)")
-    app.extensions[EXTENSION_KEY] = {"mode": settings.auth, "backends": backends}
+    else:
+        logger.warning(
+            "TASKMILL_AUTH=none: authentication is OFF and every request acts as an admin "
+            "(local development only, bound to %s)",
+            settings.host,
+        )
+    limiter = build_rate_limiter(settings) if settings.auth != "none" else None
+    app.extensions[EXTENSION_KEY] = {"mode": settings.auth, "backends": backends, "limiter": limiter}
     app.before_request(_check_request)

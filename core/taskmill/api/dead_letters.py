@@ -7,6 +7,7 @@ from typing import Any
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
+from taskmill.api.auth import audit
 from taskmill.api.auth import requires
 from taskmill.api.auth import scope_tenant
 from taskmill.api.errors import documents_errors
@@ -16,6 +17,7 @@ from taskmill.api.schemas import RequeueSchema
 from taskmill.api.schemas import TaskSchema
 from taskmill.api.tasks import MAX_PAGE_SIZE
 from taskmill.api.tasks import PAGE_SIZE
+from taskmill.api.tasks import page_bounds
 from taskmill.app import get_runtime
 from taskmill.models import Role
 from taskmill.models import Task
@@ -43,9 +45,8 @@ class DeadLetters(MethodView):
     def get(self, filters: dict[str, Any], pagination_parameters: Any) -> list[Task]:
         """List failed tasks, newest first"""
         query = {**filters, "status": TaskStatus.FAILED, "tenant": scope_tenant()}
-        items, total = get_runtime().storage.list_tasks(
-            query, offset=pagination_parameters.first_item, limit=pagination_parameters.page_size
-        )
+        offset, limit = page_bounds(pagination_parameters)
+        items, total = get_runtime().storage.list_tasks(query, offset=offset, limit=limit)
         pagination_parameters.item_count = total
         return items
 
@@ -69,4 +70,11 @@ class Requeue(MethodView):
         else:
             ids = runtime.storage.find_failed({**data["filter"], "tenant": tenant}, limit=MAX_REQUEUE)
         tasks = runtime.lifecycle.requeue_dead_letters(ids, tenant)
+        audit(
+            "dead_letters.requeue",
+            f"{len(tasks)} task(s)",
+            by="ids" if "ids" in data else "filter",
+            requeued=len(tasks),
+            ids=[str(t.id) for t in tasks],
+        )
         return {"requeued": len(tasks), "ids": [t.id for t in tasks]}

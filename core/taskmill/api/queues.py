@@ -6,6 +6,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import ValidationError as SchemaError
 
+from taskmill.api.auth import audit
 from taskmill.api.auth import requires
 from taskmill.api.auth import scope_tenant
 from taskmill.api.errors import documents_errors
@@ -34,6 +35,7 @@ def _checked_name(name: str) -> str:
 def _set_paused(name: str, paused: bool) -> QueueInfo:
     storage = get_runtime().storage
     storage.set_queue_paused(_checked_name(name), paused)
+    audit("queue.pause" if paused else "queue.resume", name)
     tenant = scope_tenant()
     for info in storage.queue_stats(tenant):
         if info.name == name:

@@ -56,6 +56,12 @@ MAX_DELAY_SECONDS = 10 * 366 * 86400
 MAX_INT32 = 2**31 - 1
 
 
+QUEUE_NAME = validate.Regexp(
+    QUEUE_NAME_RE, error="1 to 200 characters of letters, digits, '_', '.', ':' and '-'"
+)
+"""The queue-name validator of the schemas (a Regexp, so the OpenAPI document shows the pattern)."""
+
+
 def validate_queue_name(name: str) -> None:
     """Raise a marshmallow ValidationError unless ``name`` is a valid queue name."""
     if not isinstance(name, str) or not QUEUE_NAME_RE.match(name):
@@ -136,7 +142,7 @@ class TaskCreateSchema(Schema):
 
     type = fields.String(required=True, validate=validate.Length(min=1, max=200))
     payload = fields.Dict(keys=fields.String(), metadata={"description": "A JSON object; default {}."})
-    queue = fields.String(validate=validate_queue_name)
+    queue = fields.String(validate=QUEUE_NAME)
     priority = fields.Integer(strict=True, validate=validate.Range(min=0, max=9))
     delay = fields.Float(
         validate=validate.Range(min=0, max=MAX_DELAY_SECONDS),
@@ -210,7 +216,7 @@ class TaskQueryArgsSchema(Schema):
 
     status = fields.Enum(TaskStatus, by_value=True)
     type = fields.String(validate=validate.Length(min=1, max=200))
-    queue = fields.String(validate=validate_queue_name)
+    queue = fields.String(validate=QUEUE_NAME)
     tag = fields.String(validate=validate.Length(min=1, max=200))
     created_after = UtcDateTime(metadata={"description": "Inclusive."})
     created_before = UtcDateTime(metadata={"description": "Exclusive."})
@@ -223,12 +229,12 @@ class DeadLetterQueryArgsSchema(Schema):
         unknown = EXCLUDE
 
     type = fields.String(validate=validate.Length(min=1, max=200))
-    queue = fields.String(validate=validate_queue_name)
+    queue = fields.String(validate=QUEUE_NAME)
 
 
 class DeadLetterFilterSchema(Schema):
     type = fields.String(validate=validate.Length(min=1, max=200))
-    queue = fields.String(validate=validate_queue_name)
+    queue = fields.String(validate=QUEUE_NAME)
     failed_after = UtcDateTime(metadata={"description": "Inclusive."})
     failed_before = UtcDateTime(metadata={"description": "Exclusive."})
 

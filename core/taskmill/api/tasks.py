@@ -9,6 +9,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from werkzeug.routing import BaseConverter
 
+from taskmill.api.auth import audit
 from taskmill.api.auth import requires
 from taskmill.api.auth import scope_tenant
 from taskmill.api.auth import submit_tenant
@@ -25,7 +26,7 @@ from taskmill.errors import ValidationError
 from taskmill.models import Role
 from taskmill.models import Task
 
-__all__ = ["blp", "TaskIdConverter", "parse_task_id", "location_of"]
+__all__ = ["blp", "TaskIdConverter", "parse_task_id", "location_of", "page_bounds"]
 
 blp = Blueprint(
     "tasks",
@@ -36,6 +37,14 @@ blp = Blueprint(
 
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
+MAX_OFFSET = 2**53
+"""Largest offset sent to the database (a bigger page number is simply past the end): an offset
+beyond 64 bits made SQLite fail with an OverflowError (found by schemathesis)."""
+
+
+def page_bounds(pagination_parameters: Any) -> tuple[int, int]:
+    """``(offset, limit)`` of a smorest page, the offset clamped to :data:`MAX_OFFSET`."""
+    return min(pagination_parameters.first_item, MAX_OFFSET), pagination_parameters.page_size
 
 
 class TaskIdConverter(BaseConverter):
@@ -90,11 +99,8 @@ class Tasks(MethodView):
         Filters combine; ``created_after`` is inclusive, ``created_before`` exclusive.
         """
         query = {**filters, "tenant": scope_tenant()}
-        items, total = get_runtime().storage.list_tasks(
-            query,
-            offset=pagination_parameters.first_item,
-            limit=pagination_parameters.page_size,
-        )
+        offset, limit = page_bounds(pagination_parameters)
+        items, total = get_runtime().storage.list_tasks(query, offset=offset, limit=limit)
         pagination_parameters.item_count = total
         return items
 
@@ -116,6 +122,7 @@ class Tasks(MethodView):
         lifecycle = get_runtime().lifecycle
         new = lifecycle.build(body, submit_tenant())
         ((task, created),) = lifecycle.submit([new])
+        audit("task.submit", task.id, type=task.type, queue=task.queue, created=created)
         return task, 201 if created else 200, {"Location": location_of(task)}
 
 
@@ -151,7 +158,15 @@ class TaskBatch(MethodView):
                 f"{len(errors)} of {len(data['tasks'])} tasks are invalid", {"tasks": errors}
             )
         results = lifecycle.submit(built)
-        return {"tasks": [task for task, _ in results]}
+        tasks = [task for task, _ in results]
+        audit(
+            "task.submit_batch",
+            f"batch of {len(tasks)}",
+            count=len(tasks),
+            created=sum(1 for _, created in results if created),
+            ids=[str(t.id) for t in tasks],
+        )
+        return {"tasks": tasks}
 
 
 @blp.route("/<taskid:task_id>")
@@ -176,6 +191,7 @@ class TaskItem(MethodView):
         (202); a finished one is a 409.
         """
         task, done = get_runtime().lifecycle.cancel(parse_task_id(task_id), scope_tenant())
+        audit("task.cancel", task.id, tenant=task.tenant, running=not done)
         return task, 200 if done else 202
 
 
@@ -189,4 +205,6 @@ class TaskRetry(MethodView):
 
         It is queued again with a fresh retry budget (``attempts`` keeps counting).
         """
-        return get_runtime().lifecycle.retry(parse_task_id(task_id), scope_tenant())
+        task = get_runtime().lifecycle.retry(parse_task_id(task_id), scope_tenant())
+        audit("task.retry", task.id, tenant=task.tenant)
+        return task
