@@ -109,7 +109,7 @@ class ApiKeys(MethodView):
         return [_public(k) for k in get_runtime().storage.list_api_keys()]
 
     @requires(Role.ADMIN)
-    @keys_blp.arguments(ApiKeyCreateSchema)
+    @keys_blp.arguments(ApiKeyCreateSchema())
     @keys_blp.response(201, ApiKeyCreatedSchema)
     @documents_errors(keys_blp, 400, 401, 403, 422, 503)
     def post(self, data: dict[str, Any]) -> dict[str, Any]:
@@ -140,7 +140,7 @@ class ApiKeyItem(MethodView):
 @audit_blp.route("")
 class Audit(MethodView):
     @requires(Role.ADMIN)
-    @audit_blp.arguments(AuditQueryArgsSchema, location="query")
+    @audit_blp.arguments(AuditQueryArgsSchema(), location="query")
     @audit_blp.response(200, AuditEntrySchema(many=True))
     @audit_blp.paginate(page_size=50, max_page_size=1000)
     @documents_errors(audit_blp, 401, 403, 503)

@@ -1,10 +1,11 @@
 """The SQL broker: the database is the queue.
 
 Workers claim tasks with one ``UPDATE … WHERE seq IN (SELECT … FOR UPDATE SKIP LOCKED) RETURNING``
-(on PostgreSQL), so each task goes to exactly one worker. On PostgreSQL, ``publish`` sends a
-``NOTIFY`` that wakes idle workers listening on the channel (latency of a few ms instead of a
-poll interval). On SQLite the write lock serialises claims, which is correct on one machine;
-idle workers poll with a short, growing sleep.
+(on PostgreSQL), so each task goes to exactly one worker. On PostgreSQL, a trigger sends
+``NOTIFY`` whenever a committed write queues tasks, which wakes idle workers listening on the
+channel (latency of a few ms instead of a poll interval). On SQLite the write lock serialises
+claims, which is correct on one machine; idle workers poll with a short, growing sleep (at most
+0.1 s).
 """
 
 from __future__ import annotations
@@ -42,17 +43,8 @@ class SqlBroker(Broker):
         return self.runtime.storage
 
     def publish(self, tasks: Sequence[Task]) -> None:
-        if not self.is_postgres or not tasks:
-            return
-        queues = sorted({t.queue for t in tasks})
-        try:
-            with self.storage.auto.connect() as conn:
-                conn.exec_driver_sql(
-                    "SELECT " + ", ".join("pg_notify(%s, %s)" for _ in queues),
-                    tuple(x for q in queues for x in (CHANNEL, q)),
-                )
-        except Exception as exc:  # noqa: BLE001 - a lost wake-up only costs a poll interval
-            logger.debug("NOTIFY failed: %s", exc)
+        """Nothing to do: the tasks are in the table, and on PostgreSQL a trigger (migration
+        0002) has already sent ``NOTIFY taskmill_tasks`` within the committing transaction."""
 
     def check(self) -> None:
         try:

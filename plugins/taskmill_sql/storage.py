@@ -945,10 +945,14 @@ class SqlStorage(Storage):
             ).scalar_one()
 
     def add_audit(self, entry: dict[str, Any]) -> None:
-        row = dict(entry)
+        row = {"target": None, "details": None, **entry}
         row.setdefault("at", utcnow())
         with self._one() as conn:
-            conn.execute(insert(audit_log).values(**row))
+            conn.execute(self._insert_audit, row)
+
+    @functools.cached_property
+    def _insert_audit(self) -> Any:
+        return insert(audit_log)
 
     def list_audit(self, *, offset: int, limit: int, tenant: str | None) -> tuple[list[dict], int]:
         conds = [audit_log.c.tenant == tenant] if tenant is not None else []

@@ -187,3 +187,18 @@ def test_sigterm_finishes_running_and_hands_back_the_rest(tmp_path: Any) -> None
             after = rt.storage.get_task(t.id)
             assert after.status is S.QUEUED and after.attempts == 0
         assert rt.storage.list_workers() == []
+
+
+@pytest.mark.integration
+def test_notify_wakes_an_idle_worker_at_once(tmp_path: Any) -> None:
+    """On PostgreSQL a committed submit wakes an idle worker through the NOTIFY trigger: with a
+    30 s poll interval, only the notification can explain a start within a second."""
+    with runtime_on("postgresql", tmp_path, poll_interval=30.0) as rt:
+        with RunningPool(rt, concurrency=1):
+            for _ in range(2):
+                time.sleep(4.0)  # idle long enough that its next poll is seconds away
+                task = submit(rt)
+                done = wait_for(
+                    lambda t=task: (x := rt.storage.get_task(t.id)).status is S.COMPLETED and x, 5
+                )
+                assert (done.started_at - done.created_at).total_seconds() < 0.5

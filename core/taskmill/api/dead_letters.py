@@ -38,7 +38,7 @@ MAX_REQUEUE = 1000
 @blp.route("")
 class DeadLetters(MethodView):
     @requires(Role.OPERATOR)
-    @blp.arguments(DeadLetterQueryArgsSchema, location="query")
+    @blp.arguments(DeadLetterQueryArgsSchema(), location="query")
     @blp.response(200, TaskSchema(many=True))
     @blp.paginate(page_size=PAGE_SIZE, max_page_size=MAX_PAGE_SIZE)
     @documents_errors(blp, 401, 403, 503)
@@ -54,7 +54,7 @@ class DeadLetters(MethodView):
 @blp.route("/requeue")
 class Requeue(MethodView):
     @requires(Role.OPERATOR)
-    @blp.arguments(RequeueSchema)
+    @blp.arguments(RequeueSchema())
     @blp.response(200, RequeueResultSchema)
     @documents_errors(blp, 400, 401, 403, 422, 503)
     def post(self, data: dict[str, Any]) -> dict[str, Any]:

@@ -89,7 +89,7 @@ def _merge_key(data: dict[str, Any], header_key: str | None) -> dict[str, Any]:
 @blp.route("")
 class Tasks(MethodView):
     @requires(Role.VIEWER)
-    @blp.arguments(TaskQueryArgsSchema, location="query")
+    @blp.arguments(TaskQueryArgsSchema(), location="query")
     @blp.response(200, TaskSchema(many=True))
     @blp.paginate(page_size=PAGE_SIZE, max_page_size=MAX_PAGE_SIZE)
     @documents_errors(blp, 401, 403, 503)
@@ -105,8 +105,8 @@ class Tasks(MethodView):
         return items
 
     @requires(Role.SUBMITTER)
-    @blp.arguments(TaskCreateSchema)
-    @blp.arguments(IdempotencyHeaderSchema, location="headers", as_kwargs=True)
+    @blp.arguments(TaskCreateSchema())
+    @blp.arguments(IdempotencyHeaderSchema(), location="headers", as_kwargs=True)
     @blp.response(201, TaskSchema, headers={"Location": {"schema": {"type": "string"}}})
     @blp.alt_response(
         200, schema=TaskSchema, description="An idempotent repeat: the first task.", success=True
@@ -129,8 +129,8 @@ class Tasks(MethodView):
 @blp.route("/batch")
 class TaskBatch(MethodView):
     @requires(Role.SUBMITTER)
-    @blp.arguments(BatchSchema)
-    @blp.arguments(IdempotencyHeaderSchema, location="headers", as_kwargs=True)
+    @blp.arguments(BatchSchema())
+    @blp.arguments(IdempotencyHeaderSchema(), location="headers", as_kwargs=True)
     @blp.response(201, BatchResultSchema)
     @documents_errors(blp, 400, 401, 403, 409, 413, 422, 429, 503)
     def post(self, data: dict[str, Any], idempotency_key: str | None = None) -> dict[str, list[Task]]:
