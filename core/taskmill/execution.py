@@ -134,7 +134,8 @@ def execute(task_id: str, worker_id: str | None = None, runtime: Runtime | None 
     def progress(value: float) -> None:
         rt.lifecycle.set_progress(task.id, value)
 
-    last_check = [0.0, False]
+    # the first look at the cancel flag is after 0.5 s: a short task costs no extra query
+    last_check = [time.monotonic(), False]
 
     def cancelled() -> bool:
         now = time.monotonic()

@@ -20,6 +20,7 @@ import pytest
 import requests
 
 from tests.services import postgres_url
+from tests.services import redis_server
 from tests.services import scratch_database
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -118,7 +119,9 @@ class Installation:
 @contextmanager
 def taskmill_run(workdir: Path, env_extra: dict[str, str], concurrency: int = 2) -> Iterator[Installation]:
     port = free_port()
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("TASKMILL_") or k.startswith("TASKMILL_TEST_")}
+    clean = {
+        k: v for k, v in os.environ.items() if not k.startswith("TASKMILL_") or k.startswith("TASKMILL_TEST_")
+    }
     env = {
         **clean,
         "PYTHONPATH": str(ROOT),
@@ -126,14 +129,28 @@ def taskmill_run(workdir: Path, env_extra: dict[str, str], concurrency: int = 2)
         "TASKMILL_WORKER_LEASE": "3",
         "TASKMILL_MANAGER_INTERVAL": "0.2",
         "TASKMILL_CANCEL_GRACE": "1",
-        "TASKMILL_LOAD_PLUGINS": "sql,handlers",  # TEMPORARY: "taskmill" once auth lands
-        "TASKMILL_AUTH": "none",  # TEMPORARY until the auth plugin lands
+        "TASKMILL_LOAD_PLUGINS": "taskmill",  # the built-in plugins only, whatever else is installed
         **env_extra,
     }
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    cmd = [sys.executable, "-m", "taskmill.cli", "run", "--port", str(port), "--concurrency", str(concurrency)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "taskmill.cli",
+        "run",
+        "--port",
+        str(port),
+        "--concurrency",
+        str(concurrency),
+    ]
     proc = subprocess.Popen(
-        cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        cmd,
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
     inst = Installation(proc, f"http://127.0.0.1:{port}", env)
     try:
@@ -147,13 +164,15 @@ def taskmill_run(workdir: Path, env_extra: dict[str, str], concurrency: int = 2)
             pass
 
 
-BROKERS = ["sqlite", "postgresql"]
+BROKERS = ["sqlite", "postgresql", "redis"]
 
 
 @pytest.fixture(scope="module", params=BROKERS)
-def broker_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """Settings of one installation per broker: the embedded default (SQLite + SQL broker) and
-    PostgreSQL with the SQL broker."""
+def broker_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, str]]:
+    """Settings of one installation per broker: the embedded default (SQLite + SQL broker),
+    PostgreSQL with the SQL broker, and PostgreSQL with the Redis broker (a private redis-server)."""
     with ExitStack() as stack:
         if request.param == "sqlite":
             path = tmp_path_factory.mktemp("e2e") / "taskmill.db"
@@ -161,11 +180,17 @@ def broker_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
         elif request.param == "postgresql":
             url = stack.enter_context(scratch_database(postgres_url()))
             yield {"TASKMILL_DATABASE_URL": url}
+        elif request.param == "redis":
+            url = stack.enter_context(scratch_database(postgres_url()))
+            server = stack.enter_context(redis_server())
+            yield {"TASKMILL_DATABASE_URL": url, "TASKMILL_BROKER_URL": server.url}
         else:  # pragma: no cover
             raise ValueError(request.param)
 
 
 @pytest.fixture(scope="module")
-def installation(broker_url: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installation]:
+def installation(
+    broker_url: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Installation]:
     with taskmill_run(tmp_path_factory.mktemp("run"), broker_url) as inst:
         yield inst
