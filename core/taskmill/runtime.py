@@ -42,6 +42,8 @@ class Runtime:
         self._pid = os.getpid()
         #: id of the worker this process serves as (set by the worker role)
         self.worker_id = ""
+        #: set by push-broker workers that record outcomes in batches (taskmill.execution)
+        self.outcome_writer: Any = None
 
     @cached_property
     def lifecycle(self) -> Any:

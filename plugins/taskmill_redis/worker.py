@@ -45,6 +45,7 @@ from rq.worker import WorkerStatus
 from rq.worker_pool import WorkerPool
 
 from taskmill.errors import StorageUnavailable
+from taskmill.execution import OutcomeWriter
 from taskmill.execution import TimeoutExpired
 from taskmill.models import Outcome
 from taskmill.models import TaskStatus
@@ -287,12 +288,20 @@ class TaskmillWorkerMixin:
         self._rt.worker_id = self.name
         self._rt.storage.register_worker(self._info())
         if not self.forks:
+            # outcomes are written in batches (one statement for many tasks); a work-horse
+            # process exits after one task, so the forking worker writes them at once
+            self._rt.outcome_writer = OutcomeWriter(self._rt, self.name)
+        if not self.forks:
             signal.signal(signal.SIGUSR1, self._on_force_stop)
         self._watch_stop.clear()
         self._watcher = threading.Thread(target=self._watch, name="taskmill-watcher", daemon=True)
         self._watcher.start()
 
     def _unregister(self) -> None:
+        writer = getattr(self._rt, "outcome_writer", None)
+        if writer is not None:
+            writer.close()
+            self._rt.outcome_writer = None
         self._watch_stop.set()
         if self._watcher is not None:
             self._watcher.join(timeout=5)

@@ -145,6 +145,7 @@ class SqlStorage(Storage):
         self._lock = threading.Lock()
         self._engine = None
         self._auto = None
+        self._relaxed = None
         self._pid = os.getpid()
 
     # ---- engines ---------------------------------------------------------------------------------
@@ -189,6 +190,7 @@ class SqlStorage(Storage):
 
             self._engine = engine
             self._auto = engine.execution_options(isolation_level="AUTOCOMMIT")
+            self._relaxed = self._auto
         else:
             engine = create_engine(
                 self.sa_url,
@@ -208,6 +210,21 @@ class SqlStorage(Storage):
                 pool_recycle=1800,
                 connect_args={"connect_timeout": 5, "application_name": "taskmill"},
             )
+            # Starting an attempt need not wait for the disk: if the database crashed before
+            # flushing it, the task would be queued again and run again, which at-least-once
+            # execution allows. Outcomes (results) and submissions stay synchronous.
+            self._relaxed = create_engine(
+                self.sa_url,
+                isolation_level="AUTOCOMMIT",
+                pool_size=5,
+                max_overflow=10,
+                pool_recycle=1800,
+                connect_args={
+                    "connect_timeout": 5,
+                    "application_name": "taskmill",
+                    "options": "-c synchronous_commit=off",
+                },
+            )
         self._pid = os.getpid()
 
     def _engines(self) -> list[Any]:
@@ -220,12 +237,14 @@ class SqlStorage(Storage):
             engine.dispose(close=False)
         self._engine = None
         self._auto = None
+        self._relaxed = None
 
     def close(self) -> None:
         for engine in self._engines():
             engine.dispose()
         self._engine = None
         self._auto = None
+        self._relaxed = None
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
@@ -243,10 +262,12 @@ class SqlStorage(Storage):
             raise
 
     @contextmanager
-    def _one(self) -> Iterator[Connection]:
-        """A single statement in autocommit mode (reads, and writes that are one statement)."""
+    def _one(self, relaxed: bool = False) -> Iterator[Connection]:
+        """A single statement in autocommit mode (reads, and writes that are one statement);
+        ``relaxed`` commits without waiting for the disk (starts of attempts only)."""
+        self.engine  # noqa: B018 - builds the engines
         try:
-            with self.auto.connect() as conn:
+            with (self._relaxed if relaxed else self._auto).connect() as conn:
                 yield conn
         except OperationalError as exc:
             raise StorageUnavailable(f"database unavailable: {_short(exc)}") from None
@@ -568,30 +589,34 @@ class SqlStorage(Storage):
         if limit <= 0 or not queue_names:
             return []
         params = {"queues": list(queue_names), "limit": limit, "worker": worker_id, "now": now}
-        with self._one() as conn:
+        with self._one(relaxed=True) as conn:
             rows = conn.execute(self._claim_stmt, params).all()
         out = sorted(rows, key=lambda r: (-r.priority, r.queued_at or now, r.seq))
         return [row_to_task(r) for r in out]
 
-    def start(self, ids: Sequence[uuid.UUID], worker_id: str, now: dt.datetime) -> list[Task]:
-        if not ids:
-            return []
-        stmt = (
+    @functools.cached_property
+    def _start_stmt(self) -> Any:
+        return (
             update(tasks)
-            .where(tasks.c.id.in_(list(ids)), tasks.c.status == "queued")
+            .where(tasks.c.id.in_(bindparam("ids", expanding=True)), tasks.c.status == "queued")
             .values(
                 status="running",
                 attempts=tasks.c.attempts + 1,
-                worker=worker_id,
-                started_at=now,
-                updated_at=now,
+                worker=bindparam("worker", type_=String),
+                started_at=bindparam("now", type_=UTCDateTime()),
+                updated_at=bindparam("now", type_=UTCDateTime()),
                 progress=None,
                 cancel_requested=False,
             )
             .returning(tasks)
         )
-        with self._one() as conn:
-            return [row_to_task(r) for r in conn.execute(stmt)]
+
+    def start(self, ids: Sequence[uuid.UUID], worker_id: str, now: dt.datetime) -> list[Task]:
+        if not ids:
+            return []
+        params = {"ids": list(ids), "worker": worker_id, "now": now}
+        with self._one(relaxed=True) as conn:
+            return [row_to_task(r) for r in conn.execute(self._start_stmt, params)]
 
     def _deps_pending(self) -> Any:
         dep = tasks.alias("dep")
