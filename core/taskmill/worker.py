@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from taskmill.runtime import Runtime
 
 __all__ = [
+    "die_with_parent",
     "WorkerOptions",
     "TaskSource",
     "WorkerPool",
@@ -167,7 +168,9 @@ FLUSH_AFTER = 0.02
 """Longest time (s) a finished task's outcome waits to be written with others."""
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """Have the kernel SIGKILL this process when its parent dies (Linux), so a killed worker
+    never leaves a task running unsupervised."""
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -179,7 +182,7 @@ def _child_main(conn: Connection, runtime: Runtime) -> None:
     """Run tasks sent by the parent until told to stop. Messages are plain tuples."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _die_with_parent()
+    die_with_parent()
     runtime.after_fork()
     cancelled: set[str] = set()
 

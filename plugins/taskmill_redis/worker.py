@@ -25,7 +25,6 @@ overrides below only trim RQ's per-job bookkeeping that PostgreSQL already does,
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
@@ -52,6 +51,7 @@ from taskmill.models import TaskStatus
 from taskmill.models import WorkerInfo
 from taskmill.worker import WorkerOptions
 from taskmill.worker import current_runtime
+from taskmill.worker import die_with_parent as set_parent_death_signal
 from taskmill_redis.factory import SERIALIZER
 from taskmill_redis.factory import connect
 from taskmill_redis.factory import listen_order
@@ -78,19 +78,9 @@ PAUSED_REFRESH = 1.0
 RQ_HEARTBEAT_EVERY = 10.0
 """Seconds between two RQ worker-key heartbeats (RQ writes one several times per job)."""
 
-_PR_SET_PDEATHSIG = 1
-
 
 class ForcedStop(BaseException):  # noqa: N818 - it is a signal, not an error of the handler
     """Raised in a SimpleWorker's job to stop a task that ignored its cancel request."""
-
-
-def _die_with_parent() -> None:
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:  # pragma: no cover - not Linux
-        pass
 
 
 class TaskmillWorkerMixin:
@@ -284,7 +274,7 @@ class TaskmillWorkerMixin:
 
     def _register(self) -> None:
         if self.die_with_parent:
-            _die_with_parent()
+            set_parent_death_signal()
         self._rt.worker_id = self.name
         self._rt.storage.register_worker(self._info())
         if not self.forks:
@@ -450,7 +440,7 @@ class TaskmillForkWorker(TaskmillWorkerMixin, Worker):
 
     def setup_work_horse_signals(self) -> None:
         super().setup_work_horse_signals()
-        _die_with_parent()  # a SIGKILLed worker must not leave its task running
+        set_parent_death_signal()  # a SIGKILLed worker must not leave its task running
 
     def _force_stop(self, task_id: str) -> None:
         self._force_task = task_id

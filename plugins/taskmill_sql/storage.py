@@ -76,6 +76,18 @@ _TASK_FIELDS = [c.name for c in tasks.c if c.name != "seq"]
 _FINAL = ("completed", "failed", "cancelled")
 
 
+_STARTED = {
+    "status": "running",
+    "attempts": tasks.c.attempts + 1,
+    "worker": bindparam("worker", type_=String),
+    "started_at": bindparam("now", type_=UTCDateTime()),
+    "updated_at": bindparam("now", type_=UTCDateTime()),
+    "progress": None,
+    "cancel_requested": False,
+}
+"""What a claim or a pushed delivery writes: an attempt starts (``:worker``, ``:now``)."""
+
+
 def normalize_url(url: str) -> str:
     """``postgresql://`` → ``postgresql+psycopg2://`` (SQLAlchemy 2.1 defaults to psycopg 3)."""
     if url.startswith("postgresql://") or url.startswith("postgres://"):
@@ -570,20 +582,7 @@ class SqlStorage(Storage):
         )
         if not self.is_sqlite:
             pick = pick.with_for_update(skip_locked=True)
-        return (
-            update(tasks)
-            .where(*self._picked(pick, "queued"))
-            .values(
-                status="running",
-                attempts=tasks.c.attempts + 1,
-                worker=bindparam("worker", type_=String),
-                started_at=bindparam("now", type_=UTCDateTime()),
-                updated_at=bindparam("now", type_=UTCDateTime()),
-                progress=None,
-                cancel_requested=False,
-            )
-            .returning(tasks)
-        )
+        return update(tasks).where(*self._picked(pick, "queued")).values(**_STARTED).returning(tasks)
 
     def claim(self, queue_names: Sequence[str], limit: int, worker_id: str, now: dt.datetime) -> list[Task]:
         if limit <= 0 or not queue_names:
@@ -599,15 +598,7 @@ class SqlStorage(Storage):
         return (
             update(tasks)
             .where(tasks.c.id.in_(bindparam("ids", expanding=True)), tasks.c.status == "queued")
-            .values(
-                status="running",
-                attempts=tasks.c.attempts + 1,
-                worker=bindparam("worker", type_=String),
-                started_at=bindparam("now", type_=UTCDateTime()),
-                updated_at=bindparam("now", type_=UTCDateTime()),
-                progress=None,
-                cancel_requested=False,
-            )
+            .values(**_STARTED)
             .returning(tasks)
         )
 
