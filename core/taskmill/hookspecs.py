@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from flask import Flask
 
     from taskmill.models import Task
+    from taskmill.runtime import Runtime
 
 __all__ = ["hookspec", "hookimpl"]
 
@@ -98,12 +99,16 @@ def taskmill_bootstrap(runtime: Any) -> list[str] | None:
 
 
 @hookspec
-def taskmill_task_event(task: Task, event: str) -> None:
+def taskmill_task_event(task: Task, event: str, runtime: Runtime) -> None:
     """Observe a lifecycle event of a task.
 
     Called after the change is committed, in the process that made it, for every event:
     ``submitted``, ``started``, ``completed``, ``retrying``, ``failed``, ``cancelled``,
-    ``cancel_requested``, ``requeued``, ``released``. ``task`` is the task as written. An
-    exception in an implementation is logged and does not affect the task or other plugins.
+    ``cancel_requested``, ``requeued``, ``released``. ``task`` is the task as written;
+    ``runtime`` is the :class:`~taskmill.runtime.Runtime` of that process (its ``lifecycle``
+    may submit follow-up tasks, as webhook delivery does). Implementations may leave out
+    ``runtime`` (or any argument) they do not need. An exception in an implementation is logged
+    and does not affect the task or other plugins. Called once per task and event, often for
+    every task, so an implementation must return at once when the event does not concern it.
     Return value ignored.
     """

@@ -98,7 +98,7 @@ class Lifecycle:
         if not self._observed:
             return
         for task in tasks:
-            self.rt.host.task_event(task, event)
+            self.rt.host.task_event(task, event, self.rt)
 
     def _publish(self, tasks: Sequence[Task]) -> None:
         queued = [t for t in tasks if t.status is TaskStatus.QUEUED]

@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from taskmill.config import Settings
     from taskmill.models import Task
+    from taskmill.runtime import Runtime
 
 __all__ = ["get_plugin_manager", "PluginHost", "describe_plugins", "BUILTIN_DISTRIBUTION"]
 
@@ -90,9 +91,9 @@ class PluginHost:
             lines.extend(answer or [])
         return lines
 
-    def task_event(self, task: Task, event: str) -> None:
+    def task_event(self, task: Task, event: str, runtime: Runtime) -> None:
         """Tell every observer; a failing observer is logged and the others still run."""
-        self.notify("taskmill_task_event", task=task, event=event)
+        self.notify("taskmill_task_event", task=task, event=event, runtime=runtime)
 
     def notify(self, hook_name: str, **kwargs: Any) -> None:
         hook = getattr(self.pm.hook, hook_name)

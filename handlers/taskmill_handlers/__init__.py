@@ -1,4 +1,5 @@
-"""taskmill's built-in task handlers: ``echo``, ``sleep``, ``fail`` and ``http.request``.
+"""taskmill's built-in task handlers: ``echo``, ``sleep``, ``fail``, ``http.request`` and
+``taskmill.webhook``, and the observer that submits webhook deliveries.
 
 Registered through the ``taskmill`` entry-point group exactly as a third-party plugin is.
 """
@@ -11,6 +12,8 @@ from taskmill_handlers.echo import echo_handler
 from taskmill_handlers.fail import fail_handler
 from taskmill_handlers.http_request import http_request_handler
 from taskmill_handlers.sleep import sleep_handler
+from taskmill_handlers.webhook import taskmill_task_event
+from taskmill_handlers.webhook import webhook_handler
 
 __all__ = [
     "echo_handler",
@@ -18,6 +21,8 @@ __all__ = [
     "http_request_handler",
     "sleep_handler",
     "taskmill_handlers",
+    "taskmill_task_event",
+    "webhook_handler",
 ]
 
 
@@ -28,4 +33,4 @@ def taskmill_handlers() -> list[HandlerSpec]:
     Returns:
         The :class:`~taskmill.HandlerSpec` of each built-in handler.
     """
-    return [echo_handler, sleep_handler, fail_handler, http_request_handler]
+    return [echo_handler, sleep_handler, fail_handler, http_request_handler, webhook_handler]

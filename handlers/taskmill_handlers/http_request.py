@@ -10,6 +10,8 @@ followed by hand, at most :data:`MAX_REDIRECTS`, each hop through the same guard
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import email.message
 import functools
 import ipaddress
@@ -17,6 +19,7 @@ import json
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urljoin
 from urllib.parse import urlsplit
@@ -44,6 +47,8 @@ from taskmill import handler
 
 __all__ = [
     "ForbiddenAddress",
+    "address_policy",
+    "guarded_session",
     "HTTPServerError",
     "HttpRequestSchema",
     "http_request_handler",
@@ -114,6 +119,30 @@ def _allow_private() -> bool:
     return bool(load_settings().http_allow_private)
 
 
+_POLICY: contextvars.ContextVar[tuple[bool, str] | None] = contextvars.ContextVar(
+    "taskmill_address_policy", default=None
+)
+"""``(allow_private, setting name)`` set by :func:`address_policy`; None means http.request's."""
+
+
+@contextlib.contextmanager
+def address_policy(allow_private: bool, setting: str) -> Iterator[None]:
+    """Judge the connections made in this block by ``allow_private`` instead of the settings.
+
+    Other callers of the guarded session (webhook delivery) have their own switch; ``setting``
+    names it in the :class:`ForbiddenAddress` message.
+
+    Args:
+        allow_private: True lifts the address check, as ``TASKMILL_HTTP_ALLOW_PRIVATE=1`` does.
+        setting: the environment variable that would lift it.
+    """
+    token = _POLICY.set((allow_private, setting))
+    try:
+        yield
+    finally:
+        _POLICY.reset(token)
+
+
 def _is_forbidden_ip(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     if ip in _METADATA_ADDRESSES:
         return True
@@ -172,14 +201,17 @@ def _check_address(address: str, port: int) -> None:
     connecting, and for the peer address once connected.
 
     Raises:
-        ForbiddenAddress: the address is forbidden and ``http_allow_private`` is off.
+        ForbiddenAddress: the address is forbidden and ``http_allow_private`` (or the switch of
+            the enclosing :func:`address_policy`) is off.
     """
-    if _allow_private():
+    policy = _POLICY.get()
+    allowed, setting = policy if policy is not None else (_allow_private(), "TASKMILL_HTTP_ALLOW_PRIVATE")
+    if allowed:
         return
     if is_forbidden_address(address):
         raise ForbiddenAddress(
             f"refusing to connect to {address} (port {port}): private, loopback, link-local or "
-            "metadata addresses are not allowed (TASKMILL_HTTP_ALLOW_PRIVATE)",
+            f"metadata addresses are not allowed ({setting})",
             address=address,
             port=port,
         )
@@ -262,7 +294,8 @@ class _GuardedAdapter(HTTPAdapter):
         raise ForbiddenAddress("http.request does not go through proxies")
 
 
-def _session() -> requests.Session:
+def guarded_session() -> requests.Session:
+    """A requests session whose every connection passes the address guard; no proxies, no netrc."""
     session = requests.Session()
     session.trust_env = False  # no proxies or .netrc from the environment
     adapter = _GuardedAdapter(max_retries=0)
@@ -401,7 +434,7 @@ def http_request_handler(ctx: HandlerContext, payload: dict[str, Any]) -> dict[s
     body = payload.get("body")
     timeout = float(payload.get("timeout") or 10.0)
     deadline = time.monotonic() + timeout
-    with _session() as session:
+    with guarded_session() as session:
         for hop in range(MAX_REDIRECTS + 1):
             _validate_url_or_refuse(url)
             request = requests.Request(method, url, headers=headers, json=body)

@@ -185,7 +185,7 @@ def connects(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 
 def test_plugin_declares_every_builtin_handler() -> None:
     specs = taskmill_handlers.taskmill_handlers()
-    assert [s.name for s in specs] == ["echo", "sleep", "fail", "http.request"]
+    assert [s.name for s in specs] == ["echo", "sleep", "fail", "http.request", "taskmill.webhook"]
     for spec in specs:
         assert isinstance(spec, HandlerSpec)
         assert spec.description and "\n\n" not in spec.description
