@@ -21,22 +21,46 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 def cli(*args: str, env: dict[str, str], cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "taskmill.cli", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "taskmill.cli", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
 def base_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("TASKMILL_") or k.startswith("TASKMILL_TEST_")}
-    return {**clean, "PYTHONPATH": str(ROOT), "TASKMILL_DATABASE_URL": f"sqlite:///{tmp_path}/cli.db", **extra}
+    clean = {
+        k: v for k, v in os.environ.items() if not k.startswith("TASKMILL_") or k.startswith("TASKMILL_TEST_")
+    }
+    return {
+        **clean,
+        "PYTHONPATH": str(ROOT),
+        "TASKMILL_DATABASE_URL": f"sqlite:///{tmp_path}/cli.db",
+        **extra,
+    }
 
 
 def test_a_third_party_handler_package_is_discovered_and_runs(tmp_path: Path) -> None:
     target = tmp_path / "site"
     source = tmp_path / "src"
-    shutil.copytree(ROOT / "tests" / "thirdparty" / "taskmill-example-plugin", source)  # builds stay out of the repo
+    shutil.copytree(
+        ROOT / "tests" / "thirdparty" / "taskmill-example-plugin", source
+    )  # builds stay out of the repo
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target",
-         str(target), str(source)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(source),
+        ],
         check=True,
         cwd=tmp_path,
         capture_output=True,

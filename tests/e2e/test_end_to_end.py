@@ -17,7 +17,9 @@ def test_submitted_tasks_complete_with_their_results(installation) -> None:
     assert r.headers["Location"].endswith(r.json()["id"])
     done = installation.wait_task(r.json()["id"], {"completed"})
     assert done["result"] == {"hello": "world"} and done["attempts"] == 1 and done["worker"]
-    batch = installation.post("/api/v1/tasks/batch", {"tasks": [{"type": "echo", "payload": {"i": i}} for i in range(50)]})
+    batch = installation.post(
+        "/api/v1/tasks/batch", {"tasks": [{"type": "echo", "payload": {"i": i}} for i in range(50)]}
+    )
     assert batch.status_code == 201
     for i, t in enumerate(batch.json()["tasks"]):
         assert installation.wait_task(t["id"], {"completed"})["result"] == {"i": i}
@@ -37,7 +39,9 @@ def test_failing_task_retries_then_lands_in_dead_letters(installation) -> None:
 
 
 def test_fail_then_succeed(installation) -> None:
-    task = installation.post("/api/v1/tasks", {"type": "fail", "payload": {"times": 1}, "retry_backoff": 0.1}).json()
+    task = installation.post(
+        "/api/v1/tasks", {"type": "fail", "payload": {"times": 1}, "retry_backoff": 0.1}
+    ).json()
     done = installation.wait_task(task["id"], {"completed"})
     assert done["result"] == {"attempts": 2}
 
