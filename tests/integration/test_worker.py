@@ -202,3 +202,16 @@ def test_notify_wakes_an_idle_worker_at_once(tmp_path: Any) -> None:
                     lambda t=task: (x := rt.storage.get_task(t.id)).status is S.COMPLETED and x, 5
                 )
                 assert (done.started_at - done.created_at).total_seconds() < 0.5
+
+
+def test_prefetch_adapts_to_task_duration(tmp_path: Any) -> None:
+    with runtime_on("sqlite", tmp_path) as rt:
+        options = WorkerOptions(queues=["default"], concurrency=2)
+        pool = WorkerPool(rt, options, SqlTaskSource(rt.broker, options))
+        expected = {None: 34, 0.001: 34, 0.05: 10, 0.5: 4, 5.0: 2}
+        for avg, capacity in expected.items():
+            pool._avg_duration = avg
+            assert pool.capacity == capacity, avg
+        fixed = WorkerPool(rt, WorkerOptions(queues=["default"], concurrency=2, prefetch=1), pool.source)
+        fixed._avg_duration = 0.001
+        assert fixed.capacity == 3
