@@ -435,3 +435,39 @@ def test_a_body_on_retry_is_not_needed(client, runtime, drive):
     drive(runtime, task["id"], "failed")
     r = client.post(f"/api/v1/tasks/{task['id']}/retry", json={})
     assert r.status_code == 200
+
+
+def test_fast_task_serialiser_matches_the_documented_schema() -> None:
+    """Submit and batch answer through task_to_dict (no marshmallow); it must stay identical to
+    what TaskSchema (the OpenAPI description) dumps."""
+    import datetime as dt
+    import uuid
+
+    from taskmill.api.schemas import TaskSchema
+    from taskmill.models import Task
+    from taskmill.models import TaskStatus
+    from taskmill.serialize import task_to_dict
+
+    now = dt.datetime(2026, 11, 28, 10, 0, 0, 123456, tzinfo=dt.UTC)
+    task = Task(
+        id=uuid.uuid4(),
+        type="echo",
+        payload={"a": [1, {"b": None}]},
+        status=TaskStatus.FAILED,
+        tags=["x", "y"],
+        depends_on=[str(uuid.uuid4())],
+        error={"type": "E", "message": "m", "traceback": "t"},
+        result={"r": 1.5},
+        progress=0.25,
+        run_at=now,
+        created_at=now,
+        started_at=now,
+        finished_at=now,
+        updated_at=now,
+        idempotency_key="k",
+        callback_url="https://example.com/cb",
+        worker="w",
+        attempts=2,
+    )
+    assert task_to_dict(task) == TaskSchema().dump(task)
+    assert task_to_dict(task)["created_at"] == "2026-11-28T10:00:00.123Z"

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
+from flask import Response
+from flask import current_app
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from werkzeug.routing import BaseConverter
@@ -25,6 +28,7 @@ from taskmill.errors import TaskNotFound
 from taskmill.errors import ValidationError
 from taskmill.models import Role
 from taskmill.models import Task
+from taskmill.serialize import task_to_dict
 
 __all__ = ["blp", "TaskIdConverter", "parse_task_id", "location_of", "page_bounds"]
 
@@ -73,6 +77,19 @@ def location_of(task: Task) -> str:
     return f"/api/v1/tasks/{task.id}"
 
 
+def json_response(body: Any) -> Response:
+    """A JSON response built without marshmallow, for the hot paths (submit, batch).
+
+    ``task_to_dict`` gives exactly what ``TaskSchema`` dumps (a unit test holds them equal) at a
+    quarter of the cost; the schemas still document the responses in OpenAPI.
+    """
+    return current_app.response_class(json.dumps(body, separators=(",", ":")), mimetype="application/json")
+
+
+def task_response(task: Task) -> Response:
+    return json_response(task_to_dict(task))
+
+
 def _merge_key(data: dict[str, Any], header_key: str | None) -> dict[str, Any]:
     """Put the ``Idempotency-Key`` header into the body; both and different is a 422."""
     if header_key is None:
@@ -112,7 +129,7 @@ class Tasks(MethodView):
         200, schema=TaskSchema, description="An idempotent repeat: the first task.", success=True
     )
     @documents_errors(blp, 400, 401, 403, 409, 413, 422, 429, 503)
-    def post(self, data: dict[str, Any], idempotency_key: str | None = None) -> tuple[Task, int, dict]:
+    def post(self, data: dict[str, Any], idempotency_key: str | None = None) -> tuple[Response, int, dict]:
         """Submit a task
 
         An ``Idempotency-Key`` header (or ``idempotency_key`` field) makes the submission safe to
@@ -123,7 +140,7 @@ class Tasks(MethodView):
         new = lifecycle.build(body, submit_tenant())
         ((task, created),) = lifecycle.submit([new])
         audit("task.submit", task.id, type=task.type, queue=task.queue, created=created)
-        return task, 201 if created else 200, {"Location": location_of(task)}
+        return task_response(task), 201 if created else 200, {"Location": location_of(task)}
 
 
 @blp.route("/batch")
@@ -133,7 +150,7 @@ class TaskBatch(MethodView):
     @blp.arguments(IdempotencyHeaderSchema(), location="headers", as_kwargs=True)
     @blp.response(201, BatchResultSchema)
     @documents_errors(blp, 400, 401, 403, 409, 413, 422, 429, 503)
-    def post(self, data: dict[str, Any], idempotency_key: str | None = None) -> dict[str, list[Task]]:
+    def post(self, data: dict[str, Any], idempotency_key: str | None = None) -> tuple[Response, int]:
         """Submit up to 1,000 tasks, all or none
 
         Each task is validated like a single submission and may carry its own
@@ -166,7 +183,7 @@ class TaskBatch(MethodView):
             created=sum(1 for _, created in results if created),
             ids=[str(t.id) for t in tasks],
         )
-        return {"tasks": tasks}
+        return json_response({"tasks": [task_to_dict(t) for t in tasks]}), 201
 
 
 @blp.route("/<taskid:task_id>")
