@@ -27,10 +27,10 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import requests
@@ -54,8 +54,14 @@ def base_env(db_url: str, **extra: str) -> dict[str, str]:
 
 
 def taskmill(*args: str, env: dict[str, str], **kw: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "taskmill.cli", *args], env=env, capture_output=True, text=True,
-                          check=False, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "taskmill.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        **kw,
+    )
 
 
 @contextmanager
@@ -78,8 +84,13 @@ def database(backend: str, workdir: Path) -> Iterator[str]:
 
 @contextmanager
 def process(args: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen([sys.executable, "-m", "taskmill.cli", *args], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "taskmill.cli", *args],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         yield proc
     finally:
@@ -118,12 +129,18 @@ def wait_http(url: str, timeout: float = 30) -> None:
 def wrk(url: str, body: str, headers: dict[str, str], seconds: int, connections: int) -> dict[str, float]:
     lua = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
     hdrs = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in headers.items())
-    lua.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\nwrk.headers["Content-Type"] = '
-              f'"application/json"\n{hdrs}')
+    lua.write(
+        f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\nwrk.headers["Content-Type"] = '
+        f'"application/json"\n{hdrs}'
+    )
     lua.close()
     try:
-        out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", lua.name, url],
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", lua.name, url],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
     finally:
         os.unlink(lua.name)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -143,8 +160,9 @@ class Db:
         from sqlalchemy import create_engine
 
         self.url = url
-        self.engine = create_engine(url.replace("postgresql://", "postgresql+psycopg2://"),
-                                    isolation_level="AUTOCOMMIT")
+        self.engine = create_engine(
+            url.replace("postgresql://", "postgresql+psycopg2://"), isolation_level="AUTOCOMMIT"
+        )
 
     def scalar(self, sql: str) -> Any:
         from sqlalchemy import text
@@ -155,7 +173,9 @@ class Db:
     def xacts(self) -> int | None:
         if self.url.startswith("sqlite"):
             return None
-        return self.scalar("SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()")
+        return self.scalar(
+            "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()"
+        )
 
 
 def submit_direct(db_url: str, n: int) -> None:
@@ -164,7 +184,8 @@ def submit_direct(db_url: str, n: int) -> None:
         "from taskmill.runtime import build_runtime\n"
         "rt = build_runtime(upgrade=True); lc = rt.lifecycle\n"
         f"for i in range(0, {n}, 1000):\n"
-        f"    lc.submit([lc.build({{'type': 'echo', 'payload': {{'i': j}}}}, 'bench') for j in range(i, min({n}, i + 1000))])\n"
+        f"    batch = range(i, min({n}, i + 1000))\n"
+        "    lc.submit([lc.build({'type': 'echo', 'payload': {'i': j}}, 'bench') for j in batch])\n"
     )
     subprocess.run([sys.executable, "-c", code], env=base_env(db_url), check=True)
 
@@ -204,9 +225,14 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: Path) -> dict[s
                 time.sleep(0.5)
             after = db.xacts()
             span = db.scalar(
-                "SELECT " + ("(julianday(max(finished_at)) - julianday(min(started_at))) * 86400"
-                             if backend == "sqlite" else "extract(epoch from max(finished_at) - min(started_at))")
-                + " FROM tasks")
+                "SELECT "
+                + (
+                    "(julianday(max(finished_at)) - julianday(min(started_at))) * 86400"
+                    if backend == "sqlite"
+                    else "extract(epoch from max(finished_at) - min(started_at))"
+                )
+                + " FROM tasks"
+            )
             row["drain_tasks_per_s"] = args.tasks / float(span)
             polls = 0 if before is None else 2 * (1 + int(float(span) / 0.5))
             row["db_xacts_per_task"] = None if before is None else (after - before - polls) / args.tasks

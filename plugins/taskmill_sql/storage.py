@@ -204,40 +204,30 @@ class SqlStorage(Storage):
             self._auto = engine.execution_options(isolation_level="AUTOCOMMIT")
             self._relaxed = self._auto
         else:
-            engine = create_engine(
-                self.sa_url,
-                pool_size=10,
-                max_overflow=20,
-                pool_recycle=1800,
-                connect_args={"connect_timeout": 5, "application_name": "taskmill"},
-            )
-            self._engine = engine
+            self._engine = self._pg_engine()
             # a second pool whose connections stay in autocommit: switching the isolation level
             # per checkout would cost two extra round trips
-            self._auto = create_engine(
-                self.sa_url,
-                isolation_level="AUTOCOMMIT",
-                pool_size=10,
-                max_overflow=20,
-                pool_recycle=1800,
-                connect_args={"connect_timeout": 5, "application_name": "taskmill"},
-            )
+            self._auto = self._pg_engine(isolation_level="AUTOCOMMIT")
             # Starting an attempt need not wait for the disk: if the database crashed before
             # flushing it, the task would be queued again and run again, which at-least-once
             # execution allows. Outcomes (results) and submissions stay synchronous.
-            self._relaxed = create_engine(
-                self.sa_url,
-                isolation_level="AUTOCOMMIT",
-                pool_size=5,
-                max_overflow=10,
-                pool_recycle=1800,
-                connect_args={
-                    "connect_timeout": 5,
-                    "application_name": "taskmill",
-                    "options": "-c synchronous_commit=off",
-                },
+            self._relaxed = self._pg_engine(
+                isolation_level="AUTOCOMMIT", options="-c synchronous_commit=off", pool_size=5
             )
         self._pid = os.getpid()
+
+    def _pg_engine(self, *, options: str = "", pool_size: int = 10, **kw: Any) -> Any:
+        connect_args: dict[str, Any] = {"connect_timeout": 5, "application_name": "taskmill"}
+        if options:
+            connect_args["options"] = options
+        return create_engine(
+            self.sa_url,
+            pool_size=pool_size,
+            max_overflow=2 * pool_size,
+            pool_recycle=1800,
+            connect_args=connect_args,
+            **kw,
+        )
 
     def _engines(self) -> list[Any]:
         return [
