@@ -51,6 +51,9 @@ setup(
         "test": [
             "pytest>=8,<10",
             "pytest-timeout>=2.3,<3",
+            "hypothesis>=6.100",
+            "schemathesis>=4.0,<5",
+            "openapi-spec-validator>=0.7,<1",
             "ruff>=0.6",
             "wheel>=0.42",  # the plugin-install test builds a package without network
         ],
