@@ -97,6 +97,13 @@ class TaskmillWorkerMixin:
     die_with_parent = False
 
     # ---- set-up ---------------------------------------------------------------------------------
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """taskmill's state, then the RQ worker class's own ``__init__`` with the JSON serializer."""
+        self._tm_init()
+        kwargs.setdefault("serializer", SERIALIZER)
+        kwargs.setdefault("log_job_description", False)
+        super().__init__(*args, **kwargs)
+
     def _tm_init(self) -> None:
         self._rt: Runtime = current_runtime()
         self._tm_settings = self._rt.settings
@@ -362,12 +369,6 @@ class TaskmillWorkerMixin:
 class TaskmillSimpleWorker(TaskmillWorkerMixin, SimpleWorker):
     """RQ's SimpleWorker: the task runs in the worker process (the default; fastest)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._tm_init()
-        kwargs.setdefault("serializer", SERIALIZER)
-        kwargs.setdefault("log_job_description", False)
-        super().__init__(*args, **kwargs)
-
     def execute_job(self, job: Job, queue: Queue) -> None:
         """Run the job in this process without RQ's execution records (PostgreSQL has them)."""
         if not self._take(job, queue):
@@ -384,10 +385,7 @@ class TaskmillForkWorker(TaskmillWorkerMixin, Worker):
     forks = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._tm_init()
         self._horse_status: int | None = None
-        kwargs.setdefault("serializer", SERIALIZER)
-        kwargs.setdefault("log_job_description", False)
         super().__init__(*args, **kwargs)
 
     def execute_job(self, job: Job, queue: Queue) -> None:
