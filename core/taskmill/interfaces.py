@@ -29,11 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from taskmill.models import WorkerInfo
     from taskmill.worker import WorkerOptions
 
-__all__ = ["Storage", "Broker", "AuthBackend", "TaskFilter"]
-
-
-class TaskFilter(dict):
-    """Filters of a task listing: status, type, queue, tag, created_after, created_before, tenant."""
+__all__ = ["Storage", "Broker", "AuthBackend"]
 
 
 class Storage:

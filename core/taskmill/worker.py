@@ -676,8 +676,3 @@ class WorkerPool:
             "worker %s stopped (%s completed, %s failed)", self.worker_id, self.processed, self.failed
         )
         sys.stdout.flush()
-
-
-def run_pool(runtime: Runtime, options: WorkerOptions, source: TaskSource) -> None:
-    """Convenience for brokers: build and run a pool."""
-    WorkerPool(runtime, options, source).run()

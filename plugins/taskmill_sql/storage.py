@@ -25,7 +25,6 @@ from typing import Any
 from sqlalchemy import Connection
 from sqlalchemy import Integer
 from sqlalchemy import String
-from sqlalchemy import and_
 from sqlalchemy import any_
 from sqlalchemy import bindparam
 from sqlalchemy import case
@@ -62,7 +61,6 @@ from taskmill_sql.tables import UTCDateTime
 from taskmill_sql.tables import api_keys
 from taskmill_sql.tables import audit_log
 from taskmill_sql.tables import kv
-from taskmill_sql.tables import metadata
 from taskmill_sql.tables import queues
 from taskmill_sql.tables import task_dependencies
 from taskmill_sql.tables import tasks
@@ -974,6 +972,3 @@ def _json_default(value: Any) -> Any:
 def _short(exc: Exception) -> str:
     msg = str(getattr(exc, "orig", exc)).strip().splitlines()
     return msg[0] if msg else type(exc).__name__
-
-
-_unused = (and_, metadata)
