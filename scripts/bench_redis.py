@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,30 @@ class Taskmill:
         return out
 
 
+def list_drain_window(conn: redis.Redis, key: str, total: int) -> float:
+    """Seconds from the first of ``total`` queued messages being taken to the list being empty."""
+    while conn.llen(key) >= total:
+        time.sleep(0.001)
+    t0 = time.time()
+    while conn.llen(key) > 0:
+        time.sleep(0.005)
+    return time.time() - t0
+
+
+def stamp_latencies(conn: redis.Redis, n: int, enqueue: Callable[[str], Any]) -> list[float]:
+    """Submit-to-start latencies of ``n`` stamp jobs (each writes its start time under its key)."""
+    out = []
+    for _ in range(n):
+        key = f"bench:lat:{uuid.uuid4().hex}"
+        t0 = time.time()
+        enqueue(key)
+        while (v := conn.get(key)) is None:
+            time.sleep(0.001)
+        out.append(float(v) - t0)
+        time.sleep(0.01)
+    return out
+
+
 class PlainRQ:
     """RQ alone: SimpleWorker, forking Worker, or ``rq worker-pool``; JSON serializer."""
 
@@ -178,25 +203,12 @@ class PlainRQ:
         time.sleep(2.0)
 
     def drain_window(self, tasks: list[Any], total: int) -> float:
-        key = self.queue.key
-        while self.conn.llen(key) >= total:
-            time.sleep(0.001)
-        t0 = time.time()
-        while self.conn.llen(key) > 0:
-            time.sleep(0.005)
-        return time.time() - t0
+        return list_drain_window(self.conn, self.queue.key, total)
 
     def latency(self, n: int) -> list[float]:
-        out = []
-        for _ in range(n):
-            key = f"bench:lat:{uuid.uuid4().hex}"
-            t0 = time.time()
-            self.queue.enqueue("bench_tasks.stamp", key, result_ttl=0)
-            while (v := self.conn.get(key)) is None:
-                time.sleep(0.001)
-            out.append(float(v) - t0)
-            time.sleep(0.01)
-        return out
+        return stamp_latencies(
+            self.conn, n, lambda key: self.queue.enqueue("bench_tasks.stamp", key, result_ttl=0)
+        )
 
 
 class PlainCelery:
@@ -227,24 +239,10 @@ class PlainCelery:
         time.sleep(4.0)
 
     def drain_window(self, tasks: list[Any], total: int) -> float:
-        while self.conn.llen("celery") >= total:
-            time.sleep(0.001)
-        t0 = time.time()
-        while self.conn.llen("celery") > 0:
-            time.sleep(0.005)
-        return time.time() - t0
+        return list_drain_window(self.conn, "celery", total)
 
     def latency(self, n: int) -> list[float]:
-        out = []
-        for _ in range(n):
-            key = f"bench:lat:{uuid.uuid4().hex}"
-            t0 = time.time()
-            self.mod.celery_stamp.delay(key)
-            while (v := self.conn.get(key)) is None:
-                time.sleep(0.001)
-            out.append(float(v) - t0)
-            time.sleep(0.01)
-        return out
+        return stamp_latencies(self.conn, n, self.mod.celery_stamp.delay)
 
 
 def run_one(label: str, system: Any, n: int, n_lat: int, conn: redis.Redis) -> dict[str, Any]:

@@ -36,28 +36,28 @@ class ApiKeyCreateSchema(Schema):
     name = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=200))
 
 
-class ApiKeySchema(Schema):
-    """A stored key, without its secret."""
+class _ApiKeyFields(Schema):
+    """What every view of a key shows."""
 
     id = fields.String()
     name = fields.String(allow_none=True)
     tenant = fields.String()
     role = fields.String()
-    prefix = fields.String(metadata={"description": "The public part of the key: tm_<prefix>_…"})
     created_at = UtcDateTime()
+
+
+class ApiKeySchema(_ApiKeyFields):
+    """A stored key, without its secret."""
+
+    prefix = fields.String(metadata={"description": "The public part of the key: tm_<prefix>_…"})
     last_used_at = UtcDateTime(allow_none=True)
     revoked_at = UtcDateTime(allow_none=True)
 
 
-class ApiKeyCreatedSchema(Schema):
+class ApiKeyCreatedSchema(_ApiKeyFields):
     """A key just created: the only response that contains the key itself."""
 
-    id = fields.String()
-    name = fields.String(allow_none=True)
-    tenant = fields.String()
-    role = fields.String()
     key = fields.String(metadata={"description": "Shown only here; store it now."})
-    created_at = UtcDateTime()
 
 
 class AuditEntrySchema(Schema):

@@ -50,42 +50,39 @@ class Installation:
         for line in self.proc.stdout:
             self.lines.append(line.rstrip("\n"))
 
+    def _learn_key(self) -> None:
+        """Authenticate the session with the admin key `taskmill run` printed, once it has."""
+        if self.key is None:
+            for line in list(self.lines):
+                m = re.fullmatch(r"Admin API key: (\S+)", line)
+                if m:
+                    self.key = m.group(1)
+                    self.http.headers["Authorization"] = f"Bearer {self.key}"
+
     def wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError("taskmill run exited:\n" + "\n".join(self.lines[-50:]))
-            for line in self.lines:
-                m = re.fullmatch(r"Admin API key: (\S+)", line)
-                if m:
-                    self.key = m.group(1)
+            self._learn_key()
             try:
                 ok = requests.get(self.base + "/health", timeout=1).status_code == 200
                 workers = self.get("/api/v1/workers").json() if ok else []
                 if ok and isinstance(workers, list) and workers:
-                    if self.key:
-                        self.http.headers["Authorization"] = f"Bearer {self.key}"
                     return
             except requests.RequestException:
                 pass
             time.sleep(0.2)
         raise AssertionError("taskmill run did not become ready:\n" + "\n".join(self.lines[-50:]))
 
-    def _headers(self) -> dict[str, str]:
-        for line in self.lines:
-            m = re.fullmatch(r"Admin API key: (\S+)", line)
-            if m:
-                return {"Authorization": f"Bearer {m.group(1)}"}
-        return {}
-
     def get(self, path: str, **kw: Any) -> requests.Response:
-        return self.http.get(self.base + path, headers=self._headers(), timeout=10, **kw)
+        return self.http.get(self.base + path, timeout=10, **kw)
 
     def post(self, path: str, json: Any = None, **kw: Any) -> requests.Response:
-        return self.http.post(self.base + path, json=json, headers=self._headers(), timeout=10, **kw)
+        return self.http.post(self.base + path, json=json, timeout=10, **kw)
 
     def delete(self, path: str, **kw: Any) -> requests.Response:
-        return self.http.delete(self.base + path, headers=self._headers(), timeout=10, **kw)
+        return self.http.delete(self.base + path, timeout=10, **kw)
 
     def wait_task(self, task_id: str, statuses: set[str], timeout: float = 30) -> dict[str, Any]:
         deadline = time.monotonic() + timeout

@@ -28,6 +28,7 @@ from tests.services import RedisServer
 from tests.services import postgres_url
 from tests.services import redis_server
 from tests.services import scratch_database
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -88,13 +89,7 @@ class Env:
         return found
 
     def wait_for(self, cond: Callable[[], Any], timeout: float, what: str = "condition") -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = cond()
-            if value:
-                return value
-            time.sleep(0.05)
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{self.logs()}")
+        return wait_for(cond, timeout, what, context=self.logs)
 
     def wait_status(self, task: Task, statuses: set[str], timeout: float = 20) -> Task:
         return self.wait_for(

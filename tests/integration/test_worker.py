@@ -8,7 +8,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,6 +18,7 @@ from taskmill.worker import WorkerPool
 from taskmill_sql.broker import SqlTaskSource
 from tests.storages import BACKENDS
 from tests.storages import runtime_on
+from tests.waiting import wait_for
 
 S = TaskStatus
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -34,16 +34,6 @@ def submit(rt: Any, **body: Any) -> Any:
     body.setdefault("type", "j.echo")
     [(task, _)] = rt.lifecycle.submit([rt.lifecycle.build(body, "acme")])
     return task
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 class RunningPool:
