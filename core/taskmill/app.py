@@ -16,6 +16,7 @@ from flask import Flask
 from flask import Response
 from flask import current_app
 from flask import request
+from flask.json.provider import DefaultJSONProvider
 
 from taskmill.api.auth import public
 from taskmill.config import Settings
@@ -25,6 +26,7 @@ from taskmill.errors import StorageUnavailable
 from taskmill.registry import scheme_of
 from taskmill.runtime import Runtime
 from taskmill.runtime import build_runtime
+from taskmill.serialize import loads_bounded
 
 __all__ = ["create_app", "get_runtime"]
 
@@ -73,6 +75,7 @@ def create_app(
         )
     settings = runtime.settings
     app = Flask("taskmill", static_folder=None)
+    app.json = BoundedJSONProvider(app)
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_payload_bytes,
         API_TITLE="taskmill",
@@ -92,6 +95,16 @@ def create_app(
     app.after_request(_security_headers)
     runtime.host.extend_app(app)
     return app
+
+
+class BoundedJSONProvider(DefaultJSONProvider):
+    """Flask's JSON, but a body nested too deep is a ``ValueError`` (Flask answers 400) instead
+    of a ``RecursionError`` (a 500)."""
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        if kwargs:
+            return super().loads(s, **kwargs)
+        return loads_bounded(s)
 
 
 HTML_SECURITY_HEADERS = {

@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import Schema
 from marshmallow import fields
 from marshmallow import validate
 
 from taskmill.api.auth import audit
 from taskmill.api.auth import requires
+from taskmill.api.blueprint import Blueprint
 from taskmill.api.errors import documents_errors
 from taskmill.api.schemas import UtcDateTime
 from taskmill.api.tasks import page_bounds
@@ -99,6 +99,7 @@ def _public(key: ApiKey) -> dict[str, Any]:
 @keys_blp.route("")
 class ApiKeys(MethodView):
     @requires(Role.ADMIN)
+    @keys_blp.doc(operationId="listApiKeys")
     @keys_blp.response(200, ApiKeySchema(many=True))
     @documents_errors(keys_blp, 401, 403, 503)
     def get(self) -> list[dict[str, Any]]:
@@ -109,6 +110,7 @@ class ApiKeys(MethodView):
         return [_public(k) for k in get_runtime().storage.list_api_keys()]
 
     @requires(Role.ADMIN)
+    @keys_blp.doc(operationId="createApiKey")
     @keys_blp.arguments(ApiKeyCreateSchema())
     @keys_blp.response(201, ApiKeyCreatedSchema)
     @documents_errors(keys_blp, 400, 401, 403, 422, 503)
@@ -125,6 +127,7 @@ class ApiKeys(MethodView):
 @keys_blp.route("/<key_id>")
 class ApiKeyItem(MethodView):
     @requires(Role.ADMIN)
+    @keys_blp.doc(operationId="revokeApiKey")
     @keys_blp.response(204)
     @documents_errors(keys_blp, 401, 403, 404, 503)
     def delete(self, key_id: str) -> None:
@@ -140,6 +143,7 @@ class ApiKeyItem(MethodView):
 @audit_blp.route("")
 class Audit(MethodView):
     @requires(Role.ADMIN)
+    @audit_blp.doc(operationId="listAuditEntries")
     @audit_blp.arguments(AuditQueryArgsSchema(), location="query")
     @audit_blp.response(200, AuditEntrySchema(many=True))
     @audit_blp.paginate(page_size=50, max_page_size=1000)

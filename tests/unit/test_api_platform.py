@@ -290,3 +290,16 @@ def test_docs_initializer_loads_the_local_document_and_no_validator(client):
 def test_docs_assets_cannot_escape_their_directory(client):
     assert client.get("/api/v1/docs/swagger-ui/../../../../etc/passwd").status_code == 404
     assert client.get("/api/v1/docs/swagger-ui/nope.js").status_code == 404
+
+
+def test_a_body_nested_too_deep_is_a_400_naming_the_depth(make_app):
+    client = make_app().test_client()
+    for depth in (100_000, 65):
+        body = '{"type": "t.echo", "payload": {"a": ' + "[" * depth + "]" * depth + "}}"
+        response = client.post("/api/v1/tasks", data=body, content_type="application/json")
+        assert response.status_code == 400, depth
+        data = response.get_json()
+        assert "nested deeper than 64" in data["message"]
+        assert "Traceback" not in response.get_data(as_text=True)
+    ok = '{"type": "t.echo", "payload": {"a": ' + "[" * 60 + "]" * 60 + "}}"
+    assert client.post("/api/v1/tasks", data=ok, content_type="application/json").status_code == 201

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from taskmill.api.auth import audit
 from taskmill.api.auth import requires
 from taskmill.api.auth import scope_tenant
+from taskmill.api.blueprint import Blueprint
 from taskmill.api.errors import documents_errors
 from taskmill.api.schemas import DeadLetterQueryArgsSchema
 from taskmill.api.schemas import RequeueResultSchema
@@ -38,6 +38,7 @@ MAX_REQUEUE = 1000
 @blp.route("")
 class DeadLetters(MethodView):
     @requires(Role.OPERATOR)
+    @blp.doc(operationId="listDeadLetters")
     @blp.arguments(DeadLetterQueryArgsSchema(), location="query")
     @blp.response(200, TaskSchema(many=True))
     @blp.paginate(page_size=PAGE_SIZE, max_page_size=MAX_PAGE_SIZE)
@@ -54,6 +55,7 @@ class DeadLetters(MethodView):
 @blp.route("/requeue")
 class Requeue(MethodView):
     @requires(Role.OPERATOR)
+    @blp.doc(operationId="requeueDeadLetters")
     @blp.arguments(RequeueSchema())
     @blp.response(200, RequeueResultSchema)
     @documents_errors(blp, 400, 401, 403, 422, 503)

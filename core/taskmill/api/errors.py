@@ -30,6 +30,7 @@ from taskmill.errors import RateLimited
 from taskmill.errors import StorageUnavailable
 from taskmill.errors import TaskmillError
 from taskmill.errors import ValidationError
+from taskmill.serialize import JsonTooDeep
 
 __all__ = ["init_errors", "http_error", "error_payload", "documents_errors", "RETRY_AFTER_UNAVAILABLE"]
 
@@ -109,6 +110,8 @@ def error_payload(error: HTTPException, base: tuple[dict, int, dict]) -> tuple[d
         exc = getattr(error, "exc", None) or data.get("exc")
         if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError):
             payload["message"] = f"the request body is not valid JSON: {exc}"
+        elif isinstance(exc, JsonTooDeep):
+            payload["message"] = f"the request body is refused: {exc}"
         elif code in _MESSAGES:
             payload["message"] = _MESSAGES[code]
         else:

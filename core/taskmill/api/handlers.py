@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from taskmill.api.auth import requires
+from taskmill.api.blueprint import Blueprint
 from taskmill.api.errors import documents_errors
 from taskmill.api.schemas import HandlerSchema
 from taskmill.app import get_runtime
@@ -22,6 +22,7 @@ blp = Blueprint("handlers", __name__, url_prefix="/api/v1/handlers", description
 @blp.route("")
 class Handlers(MethodView):
     @requires(Role.VIEWER)
+    @blp.doc(operationId="listHandlers")
     @blp.response(200, HandlerSchema(many=True))
     @documents_errors(blp, 401, 403)
     def get(self) -> list[dict[str, Any]]:

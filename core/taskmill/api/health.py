@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from taskmill.api.auth import public
+from taskmill.api.blueprint import Blueprint
 from taskmill.api.errors import RETRY_AFTER_UNAVAILABLE
 from taskmill.api.schemas import HealthSchema
 from taskmill.api.schemas import LiveSchema

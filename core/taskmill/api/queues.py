@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import ValidationError as SchemaError
 
 from taskmill.api.auth import audit
 from taskmill.api.auth import requires
 from taskmill.api.auth import scope_tenant
+from taskmill.api.blueprint import Blueprint
 from taskmill.api.errors import documents_errors
 from taskmill.api.schemas import QueueSchema
 from taskmill.api.schemas import validate_queue_name
@@ -46,6 +46,7 @@ def _set_paused(name: str, paused: bool) -> QueueInfo:
 @blp.route("")
 class Queues(MethodView):
     @requires(Role.VIEWER)
+    @blp.doc(operationId="listQueues")
     @blp.response(200, QueueSchema(many=True))
     @documents_errors(blp, 401, 403, 503)
     def get(self) -> list[QueueInfo]:
@@ -59,6 +60,7 @@ class Queues(MethodView):
 @blp.route("/<name>/pause")
 class QueuePause(MethodView):
     @requires(Role.ADMIN)
+    @blp.doc(operationId="pauseQueue")
     @blp.response(200, QueueSchema)
     @documents_errors(blp, 401, 403, 422, 503)
     def post(self, name: str) -> QueueInfo:
@@ -72,6 +74,7 @@ class QueuePause(MethodView):
 @blp.route("/<name>/resume")
 class QueueResume(MethodView):
     @requires(Role.ADMIN)
+    @blp.doc(operationId="resumeQueue")
     @blp.response(200, QueueSchema)
     @documents_errors(blp, 401, 403, 422, 503)
     def post(self, name: str) -> QueueInfo:

@@ -9,13 +9,13 @@ from typing import Any
 from flask import Response
 from flask import current_app
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from werkzeug.routing import BaseConverter
 
 from taskmill.api.auth import audit
 from taskmill.api.auth import requires
 from taskmill.api.auth import scope_tenant
 from taskmill.api.auth import submit_tenant
+from taskmill.api.blueprint import Blueprint
 from taskmill.api.errors import documents_errors
 from taskmill.api.schemas import BatchResultSchema
 from taskmill.api.schemas import BatchSchema
@@ -106,6 +106,7 @@ def _merge_key(data: dict[str, Any], header_key: str | None) -> dict[str, Any]:
 @blp.route("")
 class Tasks(MethodView):
     @requires(Role.VIEWER)
+    @blp.doc(operationId="listTasks")
     @blp.arguments(TaskQueryArgsSchema(), location="query")
     @blp.response(200, TaskSchema(many=True))
     @blp.paginate(page_size=PAGE_SIZE, max_page_size=MAX_PAGE_SIZE)
@@ -122,6 +123,7 @@ class Tasks(MethodView):
         return items
 
     @requires(Role.SUBMITTER)
+    @blp.doc(operationId="submitTask")
     @blp.arguments(TaskCreateSchema())
     @blp.arguments(IdempotencyHeaderSchema(), location="headers", as_kwargs=True)
     @blp.response(201, TaskSchema, headers={"Location": {"schema": {"type": "string"}}})
@@ -146,6 +148,7 @@ class Tasks(MethodView):
 @blp.route("/batch")
 class TaskBatch(MethodView):
     @requires(Role.SUBMITTER)
+    @blp.doc(operationId="submitTaskBatch")
     @blp.arguments(BatchSchema())
     @blp.arguments(IdempotencyHeaderSchema(), location="headers", as_kwargs=True)
     @blp.response(201, BatchResultSchema)
@@ -189,6 +192,7 @@ class TaskBatch(MethodView):
 @blp.route("/<taskid:task_id>")
 class TaskItem(MethodView):
     @requires(Role.VIEWER)
+    @blp.doc(operationId="getTask")
     @blp.response(200, TaskSchema)
     @documents_errors(blp, 401, 403, 404, 503)
     def get(self, task_id: uuid.UUID | str) -> Task:
@@ -196,6 +200,7 @@ class TaskItem(MethodView):
         return get_runtime().lifecycle.get(parse_task_id(task_id), scope_tenant())
 
     @requires(Role.SUBMITTER)
+    @blp.doc(operationId="cancelTask")
     @blp.response(200, TaskSchema, description="Cancelled (it had not started).")
     @blp.alt_response(
         202, schema=TaskSchema, description="Running: asked to stop (cancel_requested).", success=True
@@ -215,6 +220,7 @@ class TaskItem(MethodView):
 @blp.route("/<taskid:task_id>/retry")
 class TaskRetry(MethodView):
     @requires(Role.SUBMITTER)
+    @blp.doc(operationId="retryTask")
     @blp.response(200, TaskSchema)
     @documents_errors(blp, 401, 403, 404, 409, 503)
     def post(self, task_id: uuid.UUID | str) -> Task:

@@ -6,10 +6,10 @@ import uuid
 from typing import Any
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from taskmill.api.auth import requires
 from taskmill.api.auth import scope_tenant
+from taskmill.api.blueprint import Blueprint
 from taskmill.api.errors import documents_errors
 from taskmill.api.schemas import WorkerSchema
 from taskmill.app import get_runtime
@@ -43,6 +43,7 @@ def _visible(ids: list[str], tenant: str | None) -> set[str]:
 @blp.route("")
 class Workers(MethodView):
     @requires(Role.VIEWER)
+    @blp.doc(operationId="listWorkers")
     @blp.response(200, WorkerSchema(many=True))
     @documents_errors(blp, 401, 403, 503)
     def get(self) -> list[dict[str, Any]]:
