@@ -119,6 +119,9 @@ def error_payload(error: HTTPException, base: tuple[dict, int, dict]) -> tuple[d
                 payload["message"] = http.HTTPStatus(code).phrase.lower()
             except ValueError:
                 payload["message"] = "error"
+    valid_methods = getattr(error, "valid_methods", None)
+    if code == 405 and valid_methods:
+        headers.setdefault("Allow", ", ".join(sorted(valid_methods)))  # RFC 9110: a 405 lists them
     if code == 401:
         headers.setdefault("WWW-Authenticate", "Bearer")
     if code == 503:
