@@ -11,6 +11,7 @@ PACKAGES = {
     "taskmill_handlers": "handlers/taskmill_handlers",
     "taskmill_auth": "plugins/taskmill_auth",
     "taskmill_redis": "plugins/taskmill_redis",
+    "taskmill_rabbitmq": "plugins/taskmill_rabbitmq",
 }
 
 setup(
@@ -46,6 +47,7 @@ setup(
         "pyjwt[crypto]>=2.8,<3",
         "rq>=2.0,<3",
         "redis>=5,<9",
+        "pika>=1.4,<1.5",
     ],
     extras_require={
         "test": [
@@ -64,6 +66,7 @@ setup(
             "sql = taskmill_sql",
             "handlers = taskmill_handlers",
             "redis = taskmill_redis",
+            "rabbitmq = taskmill_rabbitmq",
             "auth = taskmill_auth",
         ],
     },
