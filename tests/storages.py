@@ -30,7 +30,7 @@ def runtime_on(backend: str, tmp_path: Any, **overrides: Any) -> Iterator[Runtim
         ctx = scratch_database(postgres_url())
     with ctx as url:
         values: dict[str, Any] = {"load_plugins": ("sql",), "secret_key": "test", **overrides}
-        settings = Settings(database_url=url, **values)
+        settings = Settings().replace(database_url=url, **values)  # plugin settings go to extra
         rt = build_runtime(settings, plugins=[JobsPlugin()], upgrade=True)
         try:
             yield rt

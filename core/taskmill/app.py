@@ -171,7 +171,7 @@ def _metrics_view() -> Response:
     from taskmill.metrics import scrape_registry
 
     runtime = get_runtime()
-    token = runtime.settings.metrics_token
+    token = runtime.plugin_settings("metrics").token
     if token:
         header = request.headers.get("Authorization", "")
         scheme, _, given = header.partition(" ")

@@ -14,21 +14,32 @@ import ipaddress
 import json
 import os
 from collections.abc import Mapping
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 from taskmill.errors import ConfigError
 
-__all__ = ["Settings", "load_settings", "is_loopback", "DEFAULT_DATABASE_URL", "LOOPBACK_HOSTS"]
+__all__ = [
+    "Settings",
+    "load_settings",
+    "is_loopback",
+    "DEFAULT_DATABASE_URL",
+    "LOOPBACK_HOSTS",
+    "Setting",
+    "SettingsSpec",
+    "PluginSettings",
+    "plugin_settings",
+    "read_spec",
+    "CORE_SPECS",
+    "describe_settings",
+]
 
 DEFAULT_DATABASE_URL = "sqlite:///taskmill.db"
 """The embedded default: a SQLite file in the working directory."""
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost", "localhost.localdomain"})
 """Hosts that only this machine can reach (``TASKMILL_AUTH=none`` is refused on any other)."""
-
-MIN_JWT_SECRET_BYTES = 32
-"""RFC 7518 §3.2: an HS256 key is at least as long as the hash."""
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -55,15 +66,6 @@ class Settings:
     """``apikey`` (API keys and JWT) or ``none`` (local development on loopback only)."""
     secret_key: str = ""
     """Server secret for HMAC of API keys and Flask; generated into the database when empty."""
-    jwt_secret: str = ""
-    jwt_public_key: str = ""
-    jwt_issuer: str = ""
-    jwt_audience: str = ""
-    jwt_leeway: int = 30
-    metrics_token: str = ""
-    webhook_secret: str = ""
-    webhook_allow_private: bool = False
-    http_allow_private: bool = False
     worker_concurrency: int = 0
     """0 means the number of CPUs."""
     worker_prefetch: int = -1
@@ -81,6 +83,8 @@ class Settings:
     """Seconds a queued task may sit before the manager checks the broker still holds it."""
     result_ttl: float = 7 * 86400.0
     """Seconds finished tasks are kept; at least one day so idempotency keys live 24 h."""
+    events_retention: float = 86400.0
+    """Seconds events stay in the journal (webhooks, the events stream and the dashboard read it)."""
     rate_limit: str = ""
     """Per-key request rate, e.g. ``100/second``; empty disables it."""
     tenant_max_pending: int = 0
@@ -92,9 +96,10 @@ class Settings:
     trace_plugins: bool = False
     metrics_dir: str = ""
     """PROMETHEUS_MULTIPROC_DIR shared by every role of one installation."""
-    redis_worker_class: str = "simple"
-    """RQ worker class of the Redis broker: ``simple`` (SimpleWorker, the task runs in the worker
-    process; measured fastest) or ``fork`` (forking Worker, a work-horse process per task)."""
+    extra: tuple[tuple[str, Any], ...] = ()
+    """Values of names core does not define (``redis_worker_class`` for ``TASKMILL_REDIS_WORKER_CLASS``),
+    kept raw for the plugins that declare them (:func:`plugin_settings`); a name no plugin declares
+    is refused when the runtime is built."""
 
     @property
     def effective_broker_url(self) -> str:
@@ -109,24 +114,23 @@ class Settings:
         return self.heartbeat_interval or max(0.2, self.worker_lease / 6)
 
     def replace(self, **changes: Any) -> Settings:
-        """A copy with ``changes`` applied and validated."""
-        return validate(dataclasses.replace(self, **changes))
-
-    def plugin_slice(self, prefix: str) -> dict[str, Any]:
-        """Settings whose name starts with ``prefix`` (a plugin's slice), prefix removed."""
-        return {
-            f.name[len(prefix) :]: getattr(self, f.name)
-            for f in dataclasses.fields(self)
-            if f.name.startswith(prefix)
-        }
+        """A copy with ``changes`` applied and validated (names core does not define go to
+        :attr:`extra`, for plugins)."""
+        core = {k: v for k, v in changes.items() if k in _FIELD_NAMES}
+        extra = dict(self.extra)
+        extra.update({k: v for k, v in changes.items() if k not in _FIELD_NAMES})
+        return validate(dataclasses.replace(self, **core, extra=tuple(sorted(extra.items()))))
 
 
-_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings) if f.name != "extra"}
+_FIELD_NAMES = frozenset(_FIELDS)
 
 
 def _coerce(name: str, raw: Any) -> Any:
-    field = _FIELDS[name]
-    kind = field.type
+    return _coerce_kind(_FIELDS[name].type, raw)
+
+
+def _coerce_kind(kind: str, raw: Any) -> Any:
     if isinstance(raw, str):
         raw_s = raw.strip()
     else:
@@ -201,16 +205,10 @@ def validate(settings: Settings) -> Settings:
             f"'none' is for local development and needs a loopback host (127.0.0.1, ::1, localhost), "
             f"not {s.host!r}"
         )
-    if s.jwt_secret and len(s.jwt_secret.encode()) < MIN_JWT_SECRET_BYTES:
-        errors["jwt_secret"] = f"must be at least {MIN_JWT_SECRET_BYTES} bytes"
-    if not (0 <= s.jwt_leeway <= 300):
-        errors["jwt_leeway"] = "must be 0..300 seconds"
     if s.tenant_max_pending < 0:
         errors["tenant_max_pending"] = "must not be negative"
     if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         errors["log_level"] = "must be DEBUG, INFO, WARNING, ERROR or CRITICAL"
-    if s.redis_worker_class not in ("simple", "fork"):
-        errors["redis_worker_class"] = "must be 'simple' or 'fork'"
     if s.rate_limit:
         try:
             from limits import parse
@@ -248,9 +246,6 @@ def load_settings(
         except (OSError, ValueError) as exc:
             raise ConfigError({"TASKMILL_CONFIG": f"cannot read {path}: {exc}"}) from None
         for key, raw in data.items():
-            if key not in _FIELDS:
-                errors[f"{path}:{key}"] = "unknown setting"
-                continue
             values[key] = raw
     for name, raw in env.items():
         if not name.startswith("TASKMILL_") or name in ("TASKMILL_CONFIG",):
@@ -258,17 +253,15 @@ def load_settings(
         key = name[len("TASKMILL_") :].lower()
         if key.startswith("test_") or key == "require_services":
             continue  # test-suite variables, not settings
-        if key not in _FIELDS:
-            errors[name] = "unknown setting"
-            continue
         values[key] = raw
     for key, raw in (overrides or {}).items():
-        if key not in _FIELDS:
-            errors[key] = "unknown setting"
-            continue
         values[key] = raw
     coerced: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
     for key, raw in values.items():
+        if key not in _FIELDS:
+            extra[key] = raw  # a plugin's, checked once the plugins are known
+            continue
         try:
             coerced[key] = _coerce(key, raw)
         except ValueError as exc:
@@ -278,4 +271,235 @@ def load_settings(
     if coerced.get("database_url", "").startswith("postgresql://"):
         # SQLAlchemy 2.1 defaults to psycopg 3; we ship psycopg2.
         coerced["database_url"] = "postgresql+psycopg2://" + coerced["database_url"][13:]
-    return validate(Settings(**coerced))
+    return validate(Settings(**coerced, extra=tuple(sorted(extra.items()))))
+
+
+# --- settings declared by plugins (hook ``taskmill_settings``) ---------------------------------------
+
+_KINDS = {str: "str", int: "int", float: "float", bool: "bool", tuple: "tuple[str, ...]"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One setting a plugin declares: ``TASKMILL_<PREFIX>_<NAME>``.
+
+    Args:
+        name: lower-case name without the prefix (``worker_class``).
+        type: ``str``, ``int``, ``float``, ``bool`` or ``tuple`` (comma-separated strings).
+        default: the value when the variable is not set.
+        doc: one sentence for the configuration reference.
+        choices: when given, the only values accepted.
+        minimum, maximum: bounds of a number (inclusive).
+        secret: masked wherever settings are shown (``taskmill config show``).
+        check: a function of the coerced value returning an error message, or None.
+    """
+
+    name: str
+    type: type = str
+    default: Any = ""
+    doc: str = ""
+    choices: tuple[Any, ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+    secret: bool = False
+    check: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SettingsSpec:
+    """The settings of one plugin (or one part of one): ``name`` is how code asks for them
+    (``runtime.plugin_settings("redis")``), ``prefix`` how they are spelled
+    (``TASKMILL_REDIS_WORKER_CLASS`` for prefix ``redis`` and setting ``worker_class``)."""
+
+    name: str
+    prefix: str
+    settings: tuple[Setting, ...]
+    doc: str = ""
+
+    def key(self, setting: Setting) -> str:
+        return f"{self.prefix}_{setting.name}".lower()
+
+    def env_name(self, setting: Setting) -> str:
+        return "TASKMILL_" + self.key(setting).upper()
+
+
+class PluginSettings:
+    """A plugin's values, read-only: ``values.worker_class``."""
+
+    __slots__ = ("_name", "_values")
+
+    def __init__(self, name: str, values: Mapping[str, Any]) -> None:
+        object.__setattr__(self, "_name", name)
+        object.__setattr__(self, "_values", dict(values))
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self._values[key]
+        except KeyError:
+            raise AttributeError(f"{self._name} has no setting {key!r}") from None
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError("plugin settings are read-only")
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self._values)
+
+    def __repr__(self) -> str:
+        return f"PluginSettings({self._name!r})"
+
+
+def _coerce_setting(setting: Setting, raw: Any) -> Any:
+    value = _coerce_kind(_KINDS.get(setting.type, "str"), raw)
+    if setting.choices and value not in setting.choices:
+        raise ValueError("must be one of " + ", ".join(repr(c) for c in setting.choices))
+    if setting.minimum is not None and value < setting.minimum:
+        raise ValueError(f"must be at least {setting.minimum:g}")
+    if setting.maximum is not None and value > setting.maximum:
+        raise ValueError(f"must be at most {setting.maximum:g}")
+    if setting.check is not None:
+        problem = setting.check(value)
+        if problem:
+            raise ValueError(problem)
+    return value
+
+
+def _read(spec: SettingsSpec, extra: Mapping[str, Any], errors: dict[str, str]) -> PluginSettings:
+    values: dict[str, Any] = {}
+    for setting in spec.settings:
+        key = spec.key(setting)
+        if key not in extra:
+            values[setting.name] = setting.default
+            continue
+        try:
+            values[setting.name] = _coerce_setting(setting, extra[key])
+        except ValueError as exc:
+            errors[spec.env_name(setting)] = str(exc)
+    return PluginSettings(spec.name, values)
+
+
+def plugin_settings(specs: Sequence[SettingsSpec], settings: Settings) -> dict[str, PluginSettings]:
+    """Every declared plugin setting, parsed from ``settings.extra``.
+
+    Raises:
+        ConfigError: listing every bad value and every ``TASKMILL_*`` name that neither core
+            nor any plugin declares.
+    """
+    extra = dict(settings.extra)
+    errors: dict[str, str] = {}
+    out: dict[str, PluginSettings] = {}
+    known: set[str] = set()
+    for spec in specs:
+        if spec.name in out:
+            raise ConfigError({spec.name: "two plugins declare settings under this name"})
+        out[spec.name] = _read(spec, extra, errors)
+        known.update(spec.key(s) for s in spec.settings)
+    for key in sorted(set(extra) - known):
+        errors[f"TASKMILL_{key.upper()}"] = "unknown setting (no loaded plugin declares it)"
+    if errors:
+        raise ConfigError(errors)
+    return out
+
+
+def read_spec(spec: SettingsSpec, settings: Settings | None = None) -> PluginSettings:
+    """One plugin's values, read without the runtime (for code that runs before it exists).
+
+    Raises:
+        ConfigError: a bad value for one of this spec's settings.
+    """
+    errors: dict[str, str] = {}
+    values = _read(spec, dict((settings or load_settings()).extra), errors)
+    if errors:
+        raise ConfigError(errors)
+    return values
+
+
+CORE_SPECS: tuple[SettingsSpec, ...] = (
+    SettingsSpec(
+        name="metrics",
+        prefix="metrics",
+        doc="Prometheus metrics of every role.",
+        settings=(
+            Setting(
+                "token",
+                str,
+                "",
+                "When set, GET /metrics needs `Authorization: Bearer <token>`.",
+                secret=True,
+            ),
+            Setting(
+                "port",
+                int,
+                0,
+                "Port of the /metrics, /health/live and /health/ready server of `taskmill worker` and "
+                "`taskmill manager`; 0 turns it off (`taskmill run` turns it off: its api shows every "
+                "role's metrics).",
+                minimum=0,
+                maximum=65535,
+            ),
+        ),
+    ),
+)
+"""Settings that core declares through the same mechanism as plugins (parts of core that are
+optional, like metrics)."""
+
+
+def describe_settings(specs: Sequence[SettingsSpec] = ()) -> list[dict[str, Any]]:
+    """Every setting, core's and the plugins', for the configuration reference and
+    ``taskmill config show``: name, type, default, doc, secret, owner."""
+    rows: list[dict[str, Any]] = []
+    docs = _field_docs()
+    for f in dataclasses.fields(Settings):
+        if f.name == "extra":
+            continue
+        rows.append(
+            {
+                "name": f"TASKMILL_{f.name.upper()}",
+                "key": f.name,
+                "type": str(f.type),
+                "default": f.default,
+                "doc": docs.get(f.name, ""),
+                "secret": f.name in SECRET_FIELDS,
+                "owner": "core",
+            }
+        )
+    for spec in (*CORE_SPECS, *specs):
+        for setting in spec.settings:
+            rows.append(
+                {
+                    "name": spec.env_name(setting),
+                    "key": spec.key(setting),
+                    "type": _KINDS.get(setting.type, "str"),
+                    "default": setting.default,
+                    "doc": setting.doc,
+                    "secret": setting.secret,
+                    "owner": spec.name,
+                }
+            )
+    return rows
+
+
+SECRET_FIELDS = frozenset({"secret_key"})
+"""Core settings whose values are never shown."""
+
+
+def _field_docs() -> dict[str, str]:
+    """The docstrings written under each field of :class:`Settings` (read from the source)."""
+    import ast
+    import inspect
+
+    try:
+        tree = ast.parse(inspect.getsource(Settings))
+    except (OSError, TypeError):  # pragma: no cover - no source (zipped install)
+        return {}
+    docs: dict[str, str] = {}
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    for node, after in zip(body, body[1:], strict=False):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs

@@ -67,6 +67,19 @@ def taskmill_handlers() -> list[Any]:
     """
 
 
+@hookspec
+def taskmill_settings() -> list[Any]:
+    """Declare a plugin's own settings (``TASKMILL_<PREFIX>_<NAME>``).
+
+    Called once when the runtime is built, before any storage or broker exists. Return a list of
+    :class:`taskmill.plugin_api.SettingsSpec` (each a name, a prefix and its
+    :class:`~taskmill.plugin_api.Setting` fields), or ``None`` for none. Core parses and validates
+    the values with the same errors as its own (a bad value or a ``TASKMILL_*`` name nobody
+    declares is a :class:`~taskmill.errors.ConfigError` at start); the plugin reads them with
+    ``runtime.plugin_settings(name)``.
+    """
+
+
 # --- extension: called while the app and the CLI are built -------------------------------------
 
 

@@ -39,19 +39,12 @@ def get_plugin_manager(settings: Settings, plugins: list[Any] | None = None) -> 
     pm.add_hookspecs(hookspecs)
     for name in settings.disabled_plugins:
         pm.set_blocked(name)
-    allowed = set(settings.load_plugins) if settings.load_plugins is not None else None
-    for dist in importlib.metadata.distributions():
-        for ep in dist.entry_points:
-            if ep.group != "taskmill":
-                continue
-            dist_name = dist.metadata["name"]
-            if allowed is not None and dist_name not in allowed and ep.name not in allowed:
-                continue
-            if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
-                continue
-            plugin = ep.load()
-            pm.register(plugin, name=ep.name)
-            pm._plugin_distinfo.append((plugin, pluggy._manager.DistFacade(dist)))  # noqa: SLF001
+    if settings.load_plugins is None:
+        pm.load_setuptools_entrypoints("taskmill")
+    else:
+        allowed = set(settings.load_plugins)
+        for name in _allowed_entry_points(allowed):
+            pm.load_setuptools_entrypoints("taskmill", name=name)
     for plugin in plugins or []:
         pm.register(plugin)
     pm.check_pending()
@@ -59,6 +52,18 @@ def get_plugin_manager(settings: Settings, plugins: list[Any] | None = None) -> 
         pm.trace.root.setwriter(logger.debug)
         pm.enable_tracing()
     return pm
+
+
+def _allowed_entry_points(allowed: set[str]) -> list[str]:
+    """Names of the ``taskmill`` entry points that an allowlist admits: by entry-point name, or
+    by the name of the distribution that declares them."""
+    names: list[str] = []
+    for dist in importlib.metadata.distributions():
+        dist_name = dist.metadata["name"]
+        for ep in dist.entry_points:
+            if ep.group == "taskmill" and (ep.name in allowed or dist_name in allowed):
+                names.append(ep.name)
+    return sorted(set(names))
 
 
 class PluginHost:
@@ -78,6 +83,9 @@ class PluginHost:
 
     def handlers(self) -> list[tuple[str, Any]]:
         return self._collect("taskmill_handlers")
+
+    def settings_specs(self) -> list[tuple[str, Any]]:
+        return self._collect("taskmill_settings")
 
     def extend_app(self, app: Flask) -> None:
         self.pm.hook.taskmill_app(app=app)

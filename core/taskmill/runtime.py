@@ -12,8 +12,11 @@ import secrets
 from functools import cached_property
 from typing import Any
 
+from taskmill.config import CORE_SPECS
+from taskmill.config import PluginSettings
 from taskmill.config import Settings
 from taskmill.config import load_settings
+from taskmill.config import plugin_settings
 from taskmill.interfaces import Broker
 from taskmill.interfaces import Storage
 from taskmill.plugins import PluginHost
@@ -33,6 +36,8 @@ class Runtime:
         self.settings = settings
         self.pm = get_plugin_manager(settings, plugins)
         self.host = PluginHost(self.pm)
+        self.specs = [spec for _, spec in self.host.settings_specs()]
+        self._plugin_settings = plugin_settings([*CORE_SPECS, *self.specs], settings)
         self.registries: Registries = build_registries(self.host)
         storage_cls = self.registries.storage_class(settings.database_url)
         self.storage: Storage = storage_cls(settings.database_url, settings)
@@ -44,6 +49,19 @@ class Runtime:
         self.worker_id = ""
         #: set by push-broker workers that record outcomes in batches (taskmill.execution)
         self.outcome_writer: Any = None
+
+    def plugin_settings(self, name: str) -> PluginSettings:
+        """The settings a plugin declared under ``name`` (see hook ``taskmill_settings``).
+
+        Raises:
+            KeyError: no loaded plugin declares settings under that name.
+        """
+        return self._plugin_settings[name]
+
+    def plugin_setting(self, name: str, key: str, default: Any = None) -> Any:
+        """One plugin setting, or ``default`` when that plugin is not loaded."""
+        values = self._plugin_settings.get(name)
+        return default if values is None else getattr(values, key, default)
 
     @cached_property
     def lifecycle(self) -> Any:

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from taskmill import HandlerSpec
 from taskmill import hookimpl
+from taskmill.plugin_api import SettingsSpec
 from taskmill_handlers.echo import echo_handler
 from taskmill_handlers.fail import fail_handler
 from taskmill_handlers.http_request import http_request_handler
+from taskmill_handlers.settings import HTTP_SETTINGS
+from taskmill_handlers.settings import WEBHOOK_SETTINGS
 from taskmill_handlers.sleep import sleep_handler
 from taskmill_handlers.webhook import taskmill_task_event
 from taskmill_handlers.webhook import webhook_handler
@@ -23,7 +26,16 @@ __all__ = [
     "taskmill_handlers",
     "taskmill_task_event",
     "webhook_handler",
+    "taskmill_settings",
+    "WEBHOOK_SETTINGS",
+    "HTTP_SETTINGS",
 ]
+
+
+@hookimpl
+def taskmill_settings() -> list[SettingsSpec]:
+    """Declare ``TASKMILL_WEBHOOK_*`` and ``TASKMILL_HTTP_*``."""
+    return [WEBHOOK_SETTINGS, HTTP_SETTINGS]
 
 
 @hookimpl

@@ -114,9 +114,10 @@ class HTTPServerError(Retry):
 @functools.lru_cache(maxsize=1)
 def _allow_private() -> bool:
     """Whether the settings allow private addresses (``TASKMILL_HTTP_ALLOW_PRIVATE``); read once."""
-    from taskmill.config import load_settings
+    from taskmill.plugin_api import read_spec
+    from taskmill_handlers.settings import HTTP_SETTINGS
 
-    return bool(load_settings().http_allow_private)
+    return bool(read_spec(HTTP_SETTINGS).allow_private)
 
 
 _POLICY: contextvars.ContextVar[tuple[bool, str] | None] = contextvars.ContextVar(

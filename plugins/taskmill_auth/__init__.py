@@ -17,6 +17,8 @@ from __future__ import annotations
 from typing import Any
 
 from taskmill import hookimpl
+from taskmill.plugin_api import Setting
+from taskmill.plugin_api import SettingsSpec
 from taskmill_auth.apikeys import ApiKeyBackend
 from taskmill_auth.apikeys import bootstrap_admin_key
 from taskmill_auth.apikeys import create_api_key
@@ -32,7 +34,39 @@ __all__ = [
     "taskmill_app",
     "taskmill_cli",
     "taskmill_bootstrap",
+    "taskmill_settings",
+    "JWT_SETTINGS",
 ]
+
+
+MIN_JWT_SECRET_BYTES = 32
+"""RFC 7518 §3.2: an HS256 key is at least as long as the hash."""
+
+
+def _check_jwt_secret(value: str) -> str | None:
+    if value and len(value.encode()) < MIN_JWT_SECRET_BYTES:
+        return f"must be at least {MIN_JWT_SECRET_BYTES} bytes"
+    return None
+
+
+JWT_SETTINGS = SettingsSpec(
+    name="jwt",
+    prefix="jwt",
+    doc="JSON Web Tokens accepted as credentials (API.md: HS256 or RS256).",
+    settings=(
+        Setting("secret", str, "", "HS256 key; at least 32 bytes.", secret=True, check=_check_jwt_secret),
+        Setting("public_key", str, "", "RS256 public key (PEM)."),
+        Setting("issuer", str, "", "When set, a token's `iss` must equal it."),
+        Setting("audience", str, "", "When set, a token's `aud` must contain it."),
+        Setting("leeway", int, 30, "Seconds of clock skew allowed on `exp`/`nbf`.", minimum=0, maximum=300),
+    ),
+)
+
+
+@hookimpl
+def taskmill_settings() -> list[SettingsSpec]:
+    """Declare ``TASKMILL_JWT_*``."""
+    return [JWT_SETTINGS]
 
 
 @hookimpl
@@ -44,7 +78,7 @@ def taskmill_auth_backends() -> list[type]:
 @hookimpl
 def taskmill_app(app: Any) -> None:
     """Register the api-keys and audit endpoints on the app's API (so they are in the OpenAPI doc)."""
-    from taskmill.api import register_blueprint
+    from taskmill.plugin_api import register_blueprint
     from taskmill_auth.views import audit_blp
     from taskmill_auth.views import keys_blp
 

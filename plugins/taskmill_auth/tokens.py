@@ -59,12 +59,13 @@ class JwtBackend(AuthBackend):
 
     def __init__(self, settings: Any, runtime: Any) -> None:
         super().__init__(settings, runtime)
+        self.jwt = runtime.plugin_settings("jwt")
         self.keys: dict[str, Any] = {}
-        if settings.jwt_secret:
-            self.keys["HS256"] = settings.jwt_secret
-        if settings.jwt_public_key:
-            self.keys["RS256"] = load_public_key(settings.jwt_public_key)
-        self.options: dict[str, Any] = {"require": REQUIRED_CLAIMS, "verify_aud": bool(settings.jwt_audience)}
+        if self.jwt.secret:
+            self.keys["HS256"] = self.jwt.secret
+        if self.jwt.public_key:
+            self.keys["RS256"] = load_public_key(self.jwt.public_key)
+        self.options: dict[str, Any] = {"require": REQUIRED_CLAIMS, "verify_aud": bool(self.jwt.audience)}
 
     def authenticate(self, request: Any) -> Principal | None:
         """The token's principal; None when the request carries no JWT.
@@ -92,9 +93,9 @@ class JwtBackend(AuthBackend):
                 key,
                 algorithms=[alg],
                 options=self.options,
-                issuer=self.settings.jwt_issuer or None,
-                audience=self.settings.jwt_audience or None,
-                leeway=self.settings.jwt_leeway,
+                issuer=self.jwt.issuer or None,
+                audience=self.jwt.audience or None,
+                leeway=self.jwt.leeway,
             )
         except jwt.ExpiredSignatureError:
             raise AuthError("invalid JWT: expired") from None

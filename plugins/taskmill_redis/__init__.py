@@ -7,8 +7,32 @@ the manager re-publishes from the database whatever Redis loses. See ``docs/redi
 from __future__ import annotations
 
 from taskmill import hookimpl
+from taskmill.plugin_api import Setting
+from taskmill.plugin_api import SettingsSpec
 
-__all__ = ["taskmill_brokers"]
+__all__ = ["taskmill_brokers", "taskmill_settings", "REDIS_SETTINGS"]
+
+REDIS_SETTINGS = SettingsSpec(
+    name="redis",
+    prefix="redis",
+    doc="The Redis broker on RQ.",
+    settings=(
+        Setting(
+            "worker_class",
+            str,
+            "simple",
+            "RQ worker class: `simple` (SimpleWorker, the task runs in the worker process; measured "
+            "fastest) or `fork` (forking Worker, a work-horse process per task, for isolation).",
+            choices=("simple", "fork"),
+        ),
+    ),
+)
+
+
+@hookimpl
+def taskmill_settings() -> list[SettingsSpec]:
+    """Declare ``TASKMILL_REDIS_*``."""
+    return [REDIS_SETTINGS]
 
 
 @hookimpl

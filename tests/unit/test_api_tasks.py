@@ -81,7 +81,8 @@ def test_submit_with_a_public_callback_url(client):
 
 
 def test_private_callback_url_allowed_when_configured(make_app):
-    client = make_app(webhook_allow_private=True).test_client()
+    # the setting belongs to the handlers plugin (webhooks), so that plugin is loaded
+    client = make_app(webhook_allow_private=True, load_plugins=["sql", "handlers"]).test_client()
     assert submit(client, {"type": "t.echo", "callback_url": "http://127.0.0.1:9/x"}).status_code == 201
 
 

@@ -610,15 +610,13 @@ def test_allow_private_reads_the_settings_once(monkeypatch: pytest.MonkeyPatch) 
     from taskmill import config
 
     calls: list[int] = []
+    real = config.load_settings
 
-    class FakeSettings:
-        http_allow_private = True
-
-    def fake_load_settings(*args: Any, **kwargs: Any) -> FakeSettings:
+    def counting_load_settings(*args: Any, **kwargs: Any) -> Any:
         calls.append(1)
-        return FakeSettings()
+        return real(environ={"TASKMILL_HTTP_ALLOW_PRIVATE": "1"})
 
-    monkeypatch.setattr(config, "load_settings", fake_load_settings)
+    monkeypatch.setattr(config, "load_settings", counting_load_settings)
     http_request._allow_private.cache_clear()
     try:
         assert http_request._allow_private() is True

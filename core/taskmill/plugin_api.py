@@ -1,0 +1,236 @@
+"""The published plugin API: what a taskmill plugin may import from core.
+
+A plugin (built-in or third-party) imports from ``taskmill`` (handlers, ``hookimpl``),
+``taskmill.plugin_api`` (this module), ``taskmill.testing`` (its tests) and ``taskmill.client``;
+nothing else of core. Core's other modules may change shape between releases; the names below
+keep their meaning. ``tests/unit/test_plugin_api.py`` fails when a built-in plugin reaches past
+this module.
+
+Names are resolved on first use, so importing this module costs nothing and a plugin that
+needs only settings does not import the worker or Flask.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+from typing import Any
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers; at run time names resolve lazily
+    from taskmill.api import register_blueprint
+    from taskmill.api.auth import audit
+    from taskmill.api.auth import current_principal
+    from taskmill.api.auth import public
+    from taskmill.api.auth import requires
+    from taskmill.api.blueprint import Blueprint
+    from taskmill.api.errors import documents_errors
+    from taskmill.api.schemas import UtcDateTime
+    from taskmill.api.tasks import page_bounds
+    from taskmill.app import get_runtime
+    from taskmill.config import PluginSettings
+    from taskmill.config import Setting
+    from taskmill.config import Settings
+    from taskmill.config import SettingsSpec
+    from taskmill.config import load_settings
+    from taskmill.config import read_spec
+    from taskmill.errors import AuthError
+    from taskmill.errors import BrokerError
+    from taskmill.errors import BrokerUnavailable
+    from taskmill.errors import ConfigError
+    from taskmill.errors import Conflict
+    from taskmill.errors import InvalidTransition
+    from taskmill.errors import NotFound
+    from taskmill.errors import PluginError
+    from taskmill.errors import Retry
+    from taskmill.errors import StorageError
+    from taskmill.errors import StorageUnavailable
+    from taskmill.errors import TaskmillError
+    from taskmill.errors import TaskNotFound
+    from taskmill.errors import ValidationError
+    from taskmill.execution import TimeoutExpired
+    from taskmill.execution import run_handler
+    from taskmill.hookspecs import hookimpl
+    from taskmill.interfaces import AuthBackend
+    from taskmill.interfaces import Broker
+    from taskmill.interfaces import Storage
+    from taskmill.models import FINAL_STATES
+    from taskmill.models import PENDING_STATES
+    from taskmill.models import ApiKey
+    from taskmill.models import NewTask
+    from taskmill.models import Outcome
+    from taskmill.models import Principal
+    from taskmill.models import Role
+    from taskmill.models import SameAs
+    from taskmill.models import Task
+    from taskmill.models import TaskStatus
+    from taskmill.models import WorkerInfo
+    from taskmill.models import utcnow
+    from taskmill.registry import scheme_of
+    from taskmill.runtime import Runtime
+    from taskmill.runtime import build_runtime
+    from taskmill.serialize import format_time
+    from taskmill.serialize import task_to_dict
+    from taskmill.worker import CancelWatch
+    from taskmill.worker import OutcomeBuffer
+    from taskmill.worker import Presence
+    from taskmill.worker import ProgressCoalescer
+    from taskmill.worker import WorkerOptions
+    from taskmill.worker import current_runtime
+    from taskmill.worker import die_with_parent
+    from taskmill.worker import set_current_runtime
+    from taskmill.worker.transport import Consumer
+    from taskmill.worker.transport import Delivery
+
+
+__all__ = [
+    # contracts
+    "Broker",
+    "Storage",
+    "AuthBackend",
+    "Delivery",
+    "Consumer",
+    # domain
+    "Task",
+    "TaskStatus",
+    "Outcome",
+    "WorkerInfo",
+    "NewTask",
+    "Principal",
+    "Role",
+    "ApiKey",
+    "FINAL_STATES",
+    "PENDING_STATES",
+    "SameAs",
+    "utcnow",
+    "task_to_dict",
+    "format_time",
+    # errors
+    "TaskmillError",
+    "ConfigError",
+    "PluginError",
+    "BrokerError",
+    "BrokerUnavailable",
+    "StorageError",
+    "StorageUnavailable",
+    "AuthError",
+    "Conflict",
+    "NotFound",
+    "TaskNotFound",
+    "ValidationError",
+    "InvalidTransition",
+    "Retry",
+    # settings
+    "Setting",
+    "SettingsSpec",
+    "PluginSettings",
+    "Settings",
+    "read_spec",
+    "load_settings",
+    # runtime and roles
+    "Runtime",
+    "build_runtime",
+    "scheme_of",
+    "hookimpl",
+    # worker duty units (brokers that keep their own loop plug these in)
+    "WorkerOptions",
+    "Presence",
+    "CancelWatch",
+    "OutcomeBuffer",
+    "run_handler",
+    "ProgressCoalescer",
+    "TimeoutExpired",
+    "current_runtime",
+    "set_current_runtime",
+    "die_with_parent",
+    # web extensions (taskmill_app)
+    "Blueprint",
+    "register_blueprint",
+    "requires",
+    "public",
+    "audit",
+    "current_principal",
+    "documents_errors",
+    "get_runtime",
+    "page_bounds",
+    "UtcDateTime",
+]
+
+_WHERE: dict[str, str] = {
+    "Broker": "taskmill.interfaces",
+    "Storage": "taskmill.interfaces",
+    "AuthBackend": "taskmill.interfaces",
+    "Delivery": "taskmill.worker.transport",
+    "Consumer": "taskmill.worker.transport",
+    "Task": "taskmill.models",
+    "TaskStatus": "taskmill.models",
+    "Outcome": "taskmill.models",
+    "WorkerInfo": "taskmill.models",
+    "NewTask": "taskmill.models",
+    "Principal": "taskmill.models",
+    "Role": "taskmill.models",
+    "ApiKey": "taskmill.models",
+    "FINAL_STATES": "taskmill.models",
+    "PENDING_STATES": "taskmill.models",
+    "SameAs": "taskmill.models",
+    "utcnow": "taskmill.models",
+    "task_to_dict": "taskmill.serialize",
+    "format_time": "taskmill.serialize",
+    "TaskmillError": "taskmill.errors",
+    "ConfigError": "taskmill.errors",
+    "PluginError": "taskmill.errors",
+    "BrokerError": "taskmill.errors",
+    "BrokerUnavailable": "taskmill.errors",
+    "StorageError": "taskmill.errors",
+    "StorageUnavailable": "taskmill.errors",
+    "AuthError": "taskmill.errors",
+    "Conflict": "taskmill.errors",
+    "NotFound": "taskmill.errors",
+    "TaskNotFound": "taskmill.errors",
+    "ValidationError": "taskmill.errors",
+    "InvalidTransition": "taskmill.errors",
+    "Retry": "taskmill.errors",
+    "Setting": "taskmill.config",
+    "SettingsSpec": "taskmill.config",
+    "PluginSettings": "taskmill.config",
+    "Settings": "taskmill.config",
+    "read_spec": "taskmill.config",
+    "load_settings": "taskmill.config",
+    "Runtime": "taskmill.runtime",
+    "build_runtime": "taskmill.runtime",
+    "scheme_of": "taskmill.registry",
+    "hookimpl": "taskmill.hookspecs",
+    "WorkerOptions": "taskmill.worker",
+    "Presence": "taskmill.worker",
+    "CancelWatch": "taskmill.worker",
+    "OutcomeBuffer": "taskmill.worker",
+    "run_handler": "taskmill.execution",
+    "ProgressCoalescer": "taskmill.worker",
+    "TimeoutExpired": "taskmill.execution",
+    "current_runtime": "taskmill.worker",
+    "set_current_runtime": "taskmill.worker",
+    "die_with_parent": "taskmill.worker",
+    "Blueprint": "taskmill.api.blueprint",
+    "register_blueprint": "taskmill.api",
+    "requires": "taskmill.api.auth",
+    "public": "taskmill.api.auth",
+    "audit": "taskmill.api.auth",
+    "current_principal": "taskmill.api.auth",
+    "documents_errors": "taskmill.api.errors",
+    "get_runtime": "taskmill.app",
+    "page_bounds": "taskmill.api.tasks",
+    "UtcDateTime": "taskmill.api.schemas",
+}
+"""Where each published name lives today (an implementation detail: import from here)."""
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"taskmill.plugin_api has no {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
