@@ -89,6 +89,43 @@ def redis_url() -> str:
     return url
 
 
+def amqp_url() -> str:
+    """The RabbitMQ of ``TASKMILL_TEST_AMQP_URL`` (skips, or fails in CI, when unreachable)."""
+    url = os.environ.get("TASKMILL_TEST_AMQP_URL", DEFAULT_AMQP_URL)
+    try:
+        import pika
+
+        params = pika.URLParameters(url)
+        params.socket_timeout = 2
+        params.connection_attempts = 1
+        pika.BlockingConnection(params).close()
+    except Exception as exc:  # noqa: BLE001 - any failure means unreachable
+        unavailable("RabbitMQ", url.replace(urlsplit(url).password or "\0", "***"), exc)
+    return url
+
+
+@contextmanager
+def rabbitmq_vhost(base_url: str) -> Iterator[str]:
+    """A new RabbitMQ vhost (``rabbitmqctl``, on this machine) for the user of ``base_url``;
+    yields the URL of it and deletes the vhost, queues and all, afterwards."""
+    if shutil.which("rabbitmqctl") is None:
+        unavailable("rabbitmqctl", "PATH", FileNotFoundError("rabbitmqctl"))
+    parts = urlsplit(base_url)
+    name = f"taskmill_t_{uuid.uuid4().hex[:10]}"
+    subprocess.run(["rabbitmqctl", "-q", "add_vhost", name], check=True, capture_output=True, timeout=60)
+    try:
+        user = parts.username or "guest"
+        subprocess.run(
+            ["rabbitmqctl", "-q", "set_permissions", "-p", name, user, ".*", ".*", ".*"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        yield parts._replace(path=f"/{name}").geturl()
+    finally:
+        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", name], capture_output=True, timeout=60)
+
+
 class RedisServer:
     """A ``redis-server`` of our own on a free port, without persistence (it can lose everything)."""
 

@@ -222,6 +222,8 @@ class Publisher:
         except Exception:  # noqa: BLE001 - the loop must not die silently
             logger.exception("rabbitmq publisher I/O loop failed")
             self._set_state("down", "I/O loop failed")
+        finally:
+            self._ioloop.close()  # its wake-up socket pair
 
     def _set_state(self, state: str, error: str = "") -> None:
         with self._cond:
