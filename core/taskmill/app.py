@@ -93,6 +93,7 @@ def create_app(
     init_api(app, runtime)
     _init_metrics(app, runtime)
     app.after_request(_security_headers)
+    _init_request_ids(app)
     runtime.host.extend_app(app)
     return app
 
@@ -105,6 +106,32 @@ class BoundedJSONProvider(DefaultJSONProvider):
         if kwargs:
             return super().loads(s, **kwargs)
         return loads_bounded(s)
+
+
+def _init_request_ids(app: Flask) -> None:
+    """Every request gets an id (the client's ``X-Request-ID`` when sane, else a new one) that
+    every log line of the request carries and the answer returns."""
+    from flask import g
+
+    from taskmill import logs
+
+    @app.before_request
+    def _bind_request_id() -> None:
+        g.request_id = logs.new_request_id(request.headers.get("X-Request-ID"))
+        g.log_token = logs.bind(request_id=g.request_id)
+
+    @app.after_request
+    def _return_request_id(response: Response) -> Response:
+        request_id = g.get("request_id")
+        if request_id:
+            response.headers["X-Request-ID"] = request_id
+        return response
+
+    @app.teardown_request
+    def _unbind_request_id(_exc: BaseException | None) -> None:
+        token = g.pop("log_token", None)
+        if token is not None:
+            logs.unbind(token)
 
 
 HTML_SECURITY_HEADERS = {

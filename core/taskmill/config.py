@@ -33,6 +33,7 @@ __all__ = [
     "read_spec",
     "CORE_SPECS",
     "describe_settings",
+    "secret_values",
 ]
 
 DEFAULT_DATABASE_URL = "sqlite:///taskmill.db"
@@ -90,6 +91,9 @@ class Settings:
     tenant_max_pending: int = 0
     """Per-tenant limit of unfinished tasks; 0 disables it."""
     log_level: str = "INFO"
+    """DEBUG, INFO, WARNING, ERROR or CRITICAL."""
+    log_format: str = "auto"
+    """``json`` (one object per line), ``text``, or ``auto``: text on a terminal, JSON otherwise."""
     disabled_plugins: tuple[str, ...] = ()
     load_plugins: tuple[str, ...] | None = None
     """When set, only these distributions' plugins are loaded (tests use this)."""
@@ -207,6 +211,8 @@ def validate(settings: Settings) -> Settings:
         )
     if s.tenant_max_pending < 0:
         errors["tenant_max_pending"] = "must not be negative"
+    if s.log_format not in ("auto", "json", "text"):
+        errors["log_format"] = "must be 'auto', 'json' or 'text'"
     if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         errors["log_level"] = "must be DEBUG, INFO, WARNING, ERROR or CRITICAL"
     if s.rate_limit:
@@ -480,6 +486,24 @@ def describe_settings(specs: Sequence[SettingsSpec] = ()) -> list[dict[str, Any]
 
 SECRET_FIELDS = frozenset({"secret_key"})
 """Core settings whose values are never shown."""
+
+_SECRET_SUFFIXES = ("secret", "token", "password", "key")
+
+
+def secret_values(settings: Settings, specs: Sequence[SettingsSpec] = ()) -> list[str]:
+    """The configured values that must never appear in a log or an answer: core's secrets, the
+    plugin settings declared secret, and (before the plugins are known) every plugin value whose
+    name ends in secret, token, password or key."""
+    values = [str(getattr(settings, name)) for name in SECRET_FIELDS if getattr(settings, name)]
+    declared = {spec.key(s) for spec in (*CORE_SPECS, *specs) for s in spec.settings if s.secret}
+    for key, value in settings.extra:
+        if value and (key in declared or key.endswith(_SECRET_SUFFIXES)):
+            values.append(str(value))
+    for url in (settings.database_url, settings.broker_url):
+        password = urlsplit(url).password if url else None
+        if password:
+            values.append(password)
+    return values
 
 
 def _field_docs() -> dict[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.glogging import Logger
 
 from taskmill.config import Settings
 
@@ -15,6 +16,16 @@ def _child_exit(_server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+class TaskmillLogger(Logger):
+    """gunicorn's logger, sending its error log through taskmill's handler (JSON lines, secrets
+    masked) instead of a handler of its own; the access log stays off (the app logs requests)."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        self.error_log.handlers = []
+        self.error_log.propagate = True
 
 
 class _App(BaseApplication):
@@ -29,6 +40,10 @@ class _App(BaseApplication):
 
     def load(self) -> Any:
         from taskmill.app import create_app
+        from taskmill.config import secret_values
+        from taskmill.logs import configure
+
+        configure(self.settings.log_level, self.settings.log_format, secrets=secret_values(self.settings))
 
         return create_app(self.settings)
 
@@ -49,5 +64,6 @@ def serve(settings: Settings, metrics_dir: str) -> None:
         "accesslog": None,
         "preload_app": False,
         "proc_name": "taskmill-api",
+        "logger_class": TaskmillLogger,
     }
     _App(settings, options).run()
