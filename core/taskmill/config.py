@@ -86,6 +86,8 @@ class Settings:
     """Seconds finished tasks are kept; at least one day so idempotency keys live 24 h."""
     events_retention: float = 86400.0
     """Seconds events stay in the journal (webhooks, the events stream and the dashboard read it)."""
+    events_retention: float = 86400.0
+    """Seconds events stay in the journal (webhooks, the events stream and the dashboard read it)."""
     rate_limit: str = ""
     """Per-key request rate, e.g. ``100/second``; empty disables it."""
     tenant_max_pending: int = 0

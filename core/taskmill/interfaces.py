@@ -20,35 +20,55 @@ if TYPE_CHECKING:  # pragma: no cover
     from flask import Request
 
     from taskmill.config import Settings
-    from taskmill.models import ApiKey
     from taskmill.models import NewTask
     from taskmill.models import Principal
     from taskmill.models import QueueInfo
     from taskmill.models import Task
     from taskmill.models import TaskStatus
     from taskmill.models import WorkerInfo
+    from taskmill.stores import EventStore
+    from taskmill.stores import QueueStore
+    from taskmill.stores import SettingsStore
+    from taskmill.stores import TaskStore
+    from taskmill.stores import WorkerStore
     from taskmill.worker import WorkerOptions
 
 __all__ = ["Storage", "Broker", "AuthBackend"]
 
 
 class Storage:
-    """Where tasks, queues, workers and keys live. The source of truth.
+    """Where tasks, queues, workers and settings live: the source of truth.
 
-    Implementations must be safe to use from several threads and processes at once (each
-    method is its own transaction unless stated otherwise), and must raise
-    :class:`~taskmill.errors.StorageUnavailable` when the database cannot be reached.
+    A storage is one object per process (built from the database URL's scheme) holding one store
+    per resource, each a protocol of :mod:`taskmill.stores`: ``tasks``, ``queues``, ``workers``,
+    ``events`` (the journal) and ``settings`` (key/value). Every store method is its own
+    transaction unless stated otherwise, is safe from many threads and processes at once, and
+    raises :class:`~taskmill.errors.StorageUnavailable` when the database cannot be reached.
+
+    The flat methods below (``get_task``, ``list_workers``, …) are thin delegations to the stores,
+    kept while callers move to the per-resource names; new code calls the stores.
     """
 
     schemes: ClassVar[tuple[str, ...]] = ()
 
+    tasks: TaskStore
+    queues: QueueStore
+    workers: WorkerStore
+    events: EventStore
+    settings: SettingsStore
+
     def __init__(self, url: str, settings: Settings) -> None:
         self.url = url
-        self.settings = settings
+        #: the process's configuration (``settings`` is the key/value store)
+        self.config = settings
 
     # -- set-up ---------------------------------------------------------------------------------
     def upgrade(self) -> None:
-        """Create or migrate the schema to the newest version. Idempotent."""
+        """Create or migrate the schema to the newest version. Idempotent.
+
+        Raises:
+            StorageUnavailable: the database is unreachable.
+        """
         raise NotImplementedError
 
     def check(self) -> None:
@@ -61,20 +81,11 @@ class Storage:
     def after_fork(self) -> None:
         """Called in a child process after fork: drop inherited connections."""
 
-    # -- tasks: writes (lifecycle only) ------------------------------------------------------------
+    # -- flat delegations (kept until the lead retires them) -----------------------------------
     def insert_tasks(
         self, tasks: Sequence[NewTask], statuses: Sequence[TaskStatus]
     ) -> list[tuple[Task, bool]]:
-        """Insert tasks in one transaction, all or none; return ``(task, created)`` in order.
-
-        A task whose ``(tenant, idempotency_key)`` already exists with the same ``request_hash``
-        is not inserted; the existing task is returned in its place with ``created`` False.
-
-        Raises:
-            Conflict: an existing key with a different ``request_hash``; nothing was written.
-            StorageUnavailable: the database is unreachable; nothing was written.
-        """
-        raise NotImplementedError
+        return self.tasks.insert(tasks, statuses)
 
     def transition(
         self,
@@ -85,146 +96,89 @@ class Storage:
         *,
         tenant: str | None = None,
     ) -> list[Task]:
-        """Set ``status = to_state`` (and ``values``) on those of ``ids`` still in ``from_states``.
-
-        A value may be :class:`~taskmill.models.SameAs` to copy another column of the same row.
-        ``to_state=None`` keeps the status and writes only ``values``. Returns the rows written.
-        """
-        raise NotImplementedError
+        return self.tasks.transition(ids, from_states, to_state, values, tenant=tenant)
 
     def finish_many(self, rows: Sequence[dict[str, Any]], from_state: TaskStatus) -> list[Task]:
-        """Apply per-task updates (each dict has ``id`` and the columns to set, ``status`` included)
-        to those tasks still in ``from_state`` and, for a ``worker`` key, still held by that worker.
-        One statement for all rows where the database allows. Returns the rows written."""
-        raise NotImplementedError
+        return self.tasks.finish_many(rows, from_state)
 
     def claim(self, queues: Sequence[str], limit: int, worker_id: str, now: dt.datetime) -> list[Task]:
-        """Move up to ``limit`` queued tasks of ``queues`` (skipping paused queues) to running,
-        highest priority first and FIFO within a priority, counting an attempt and recording the
-        worker. Two callers never receive the same task."""
-        raise NotImplementedError
+        return self.tasks.claim(queues, limit, worker_id, now)
 
     def start(self, ids: Sequence[uuid.UUID], worker_id: str, now: dt.datetime) -> list[Task]:
-        """Move these queued tasks to running for ``worker_id`` (a pushed delivery, e.g. RQ),
-        counting an attempt. Returns those that were still queued."""
-        raise NotImplementedError
+        return self.tasks.start(ids, worker_id, now)
 
     def release_due(self, now: dt.datetime, limit: int) -> list[Task]:
-        """Move scheduled tasks whose ``run_at`` has come to queued (dependencies satisfied)."""
-        raise NotImplementedError
+        return self.tasks.release_due(now, limit)
 
     def release_waiting(self, now: dt.datetime, limit: int) -> list[Task]:
-        """Move waiting tasks whose dependencies all completed to queued (or scheduled if their
-        ``run_at`` is still ahead)."""
-        raise NotImplementedError
+        return self.tasks.release_waiting(now, limit)
 
     def blocked_waiting(self, limit: int) -> list[Task]:
-        """Waiting tasks with a dependency that ended failed or cancelled."""
-        raise NotImplementedError
+        return self.tasks.blocked_waiting(limit)
 
     def running_of_workers(self, worker_ids: Sequence[str]) -> list[Task]:
-        """Running tasks held by these workers."""
-        raise NotImplementedError
+        return self.tasks.running_of_workers(worker_ids)
 
     def orphaned_running(self, older_than: dt.datetime) -> list[Task]:
-        """Running tasks whose worker is not registered at all (started before ``older_than``)."""
-        raise NotImplementedError
+        return self.tasks.orphaned_running(older_than)
 
     def stale_queued(self, older_than: dt.datetime, limit: int) -> list[Task]:
-        """Queued tasks queued before ``older_than`` (re-publish candidates)."""
-        raise NotImplementedError
+        return self.tasks.stale_queued(older_than, limit)
 
     def delete_finished(self, before: dt.datetime, limit: int) -> int:
-        """Delete final tasks that finished before ``before``; return how many."""
-        raise NotImplementedError
+        return self.tasks.delete_finished(before, limit)
 
-    # -- tasks: reads -----------------------------------------------------------------------------
     def get_task(self, task_id: uuid.UUID, *, tenant: str | None = None) -> Task | None:
-        """One task, or None (also when it belongs to another tenant)."""
-        raise NotImplementedError
+        return self.tasks.get(task_id, tenant=tenant)
 
     def get_tasks(self, ids: Sequence[uuid.UUID], *, tenant: str | None = None) -> list[Task]:
-        """Several tasks (those that exist), in no particular order."""
-        raise NotImplementedError
+        return self.tasks.get_many(ids, tenant=tenant)
 
     def list_tasks(self, filters: dict[str, Any], *, offset: int, limit: int) -> tuple[list[Task], int]:
-        """Newest first, filtered; returns one page and the total count."""
-        raise NotImplementedError
+        from taskmill.models import TaskQuery
+
+        return self.tasks.list(TaskQuery(**filters, offset=offset, limit=limit))
 
     def find_failed(self, filters: dict[str, Any], limit: int) -> list[uuid.UUID]:
-        """Ids of failed tasks matching a dead-letter filter (type, queue, failed_after/before)."""
-        raise NotImplementedError
+        from taskmill.models import DeadLetterQuery
+
+        return self.tasks.find_failed(DeadLetterQuery(**filters, limit=limit))
 
     def cancel_flags(self, ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
-        """Those of ``ids`` whose cancellation was requested (or that are no longer running)."""
-        raise NotImplementedError
+        return self.tasks.cancel_flags(ids)
 
     def count_pending(self, tenant: str) -> int:
-        """Tasks of a tenant that have not reached a final state."""
-        raise NotImplementedError
+        return self.tasks.count_pending(tenant)
 
-    # -- queues -----------------------------------------------------------------------------------
     def set_queue_paused(self, name: str, paused: bool) -> None:
-        raise NotImplementedError
+        self.queues.set_paused(name, paused)
 
     def paused_queues(self) -> set[str]:
-        raise NotImplementedError
+        return self.queues.paused()
 
     def queue_stats(self, tenant: str | None) -> list[QueueInfo]:
-        """Every known queue with depth per state (of ``tenant``, or all when None)."""
-        raise NotImplementedError
+        return self.queues.stats(tenant)
 
-    # -- workers ----------------------------------------------------------------------------------
     def register_worker(self, info: WorkerInfo) -> None:
-        raise NotImplementedError
+        self.workers.register(info)
 
     def heartbeat(self, worker_id: str, values: dict[str, Any]) -> bool:
-        """Refresh a worker's heartbeat; False if the row is gone (it was declared dead)."""
-        raise NotImplementedError
+        return self.workers.heartbeat(worker_id, values)
 
     def unregister_worker(self, worker_id: str) -> None:
-        raise NotImplementedError
+        self.workers.unregister(worker_id)
 
     def list_workers(self) -> list[WorkerInfo]:
-        raise NotImplementedError
+        return self.workers.list()
 
     def dead_workers(self, cutoff: dt.datetime) -> list[str]:
-        """Ids of workers whose last heartbeat is older than ``cutoff``."""
-        raise NotImplementedError
+        return self.workers.dead(cutoff)
 
     def remove_workers(self, worker_ids: Sequence[str], cutoff: dt.datetime) -> list[str]:
-        """Delete those workers that are still stale (conditional); return the ids deleted."""
-        raise NotImplementedError
+        return self.workers.remove(worker_ids, cutoff)
 
-    # -- key/value for installation secrets and leader-free bookkeeping ---------------------------
     def get_or_create_setting(self, key: str, value: str) -> str:
-        """Return the stored value of ``key``, storing ``value`` first if absent (race-safe)."""
-        raise NotImplementedError
-
-    # -- API keys and audit (auth plugin) ---------------------------------------------------------
-    def create_api_key(self, key: ApiKey) -> None:
-        raise NotImplementedError
-
-    def find_api_key(self, prefix: str) -> ApiKey | None:
-        raise NotImplementedError
-
-    def list_api_keys(self) -> list[ApiKey]:
-        raise NotImplementedError
-
-    def revoke_api_key(self, key_id: str) -> bool:
-        raise NotImplementedError
-
-    def touch_api_key(self, key_id: str, when: dt.datetime) -> None:
-        raise NotImplementedError
-
-    def count_api_keys(self) -> int:
-        raise NotImplementedError
-
-    def add_audit(self, entry: dict[str, Any]) -> None:
-        raise NotImplementedError
-
-    def list_audit(self, *, offset: int, limit: int, tenant: str | None) -> tuple[list[dict], int]:
-        raise NotImplementedError
+        return self.settings.get_or_create(key, value)
 
 
 class Broker:

@@ -39,7 +39,7 @@ from taskmill.models import utcnow
 if TYPE_CHECKING:  # pragma: no cover
     from taskmill.runtime import Runtime
 
-__all__ = ["Lifecycle", "TRANSITIONS", "check_transition", "backoff_delay", "request_hash"]
+__all__ = ["Lifecycle", "TRANSITIONS", "check_transition", "door", "backoff_delay", "request_hash"]
 
 logger = logging.getLogger("taskmill.lifecycle")
 
@@ -68,6 +68,30 @@ def check_transition(from_states: Iterable[TaskStatus], to_state: TaskStatus) ->
     return allowed
 
 
+def door(from_states: Iterable[TaskStatus], to_state: TaskStatus) -> tuple[list[TaskStatus], TaskStatus]:
+    """A move the lifecycle makes, checked against :data:`TRANSITIONS` once, where it is named.
+
+    Raises:
+        InvalidTransition: ``TRANSITIONS`` does not allow every one of these moves.
+    """
+    from_states = list(from_states)
+    allowed = check_transition(from_states, to_state)
+    if allowed != from_states:
+        raise InvalidTransition(
+            f"{sorted(map(str, set(from_states) - set(allowed)))} may not move to {to_state}"
+        )
+    return from_states, to_state
+
+
+# The moves of the worker and manager paths, each one conditional set-based statement in the store.
+CLAIM = door([S.QUEUED], S.RUNNING)
+START = door([S.QUEUED], S.RUNNING)
+RELEASE_DUE = door([S.SCHEDULED], S.QUEUED)
+RELEASE_WAITING = (door([S.WAITING], S.QUEUED), door([S.WAITING], S.SCHEDULED))
+DEPENDENCY_CANCEL = door([S.WAITING], S.CANCELLED)
+FINISH_TO = frozenset(TRANSITIONS[S.RUNNING])
+
+
 def backoff_delay(task: Task, max_backoff: float, rng: random.Random | None = None) -> float:
     """Seconds before the next attempt: uniform in [b/2, b], b = min(max, base × 2^(attempts−1))."""
     exponent = max(0, task.attempts - 1)
@@ -88,17 +112,12 @@ class Lifecycle:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
         self.storage = runtime.storage
+        self.tasks = runtime.storage.tasks
         self.settings = runtime.settings
-        self._observed = None
 
-    # ---- events ----------------------------------------------------------------------------------
-    def _emit(self, tasks: Iterable[Task], event: str) -> None:
-        if self._observed is None:
-            self._observed = bool(self.rt.pm.hook.taskmill_task_event.get_hookimpls())
-        if not self._observed:
-            return
-        for task in tasks:
-            self.rt.host.task_event(task, event, self.rt)
+    # Events are not sent from here: every change writes its journal rows in its own statement
+    # (the store's triggers), and the manager's journal feed calls ``taskmill_task_event`` from
+    # there, so an event survives the death of the process that made the change.
 
     def _publish(self, tasks: Sequence[Task]) -> None:
         queued = [t for t in tasks if t.status is TaskStatus.QUEUED]
@@ -165,8 +184,11 @@ class Lifecycle:
             request_hash=request_hash(data) if data.get("idempotency_key") else None,
         )
 
-    def submit(self, new_tasks: Sequence[NewTask]) -> list[tuple[Task, bool]]:
+    def submit(self, new_tasks: Sequence[NewTask], *, workflow: Any = None) -> list[tuple[Task, bool]]:
         """Insert tasks (all or none) and hand the queued ones to the broker.
+
+        With ``workflow`` (a :class:`taskmill.workflows.NewWorkflow`) the tasks carry their ids and
+        may depend on each other; the workflow's rows are written in the same transaction.
 
         Returns:
             ``(task, created)`` per input, in order; ``created`` is False for an idempotent repeat.
@@ -181,27 +203,34 @@ class Lifecycle:
             return []
         now = utcnow()
         self._check_quota(new_tasks)
-        dep_ids = {d for t in new_tasks for d in t.depends_on}
+        batch = {t.id for t in new_tasks if t.id is not None}
+        dep_ids = {d for t in new_tasks for d in t.depends_on} - batch
         deps: dict[uuid.UUID, Task] = {}
         if dep_ids:
             tenant = new_tasks[0].tenant
-            deps = {t.id: t for t in self.storage.get_tasks(sorted(dep_ids), tenant=tenant)}
+            deps = {t.id: t for t in self.tasks.get_many(sorted(dep_ids), tenant=tenant)}
             missing = sorted(str(d) for d in dep_ids - deps.keys())
             if missing:
                 raise ValidationError(
                     "depends_on names unknown tasks", {"depends_on": [f"no such task: {m}" for m in missing]}
                 )
-        statuses = [self._initial_status(t, deps, now) for t in new_tasks]
-        results = self.storage.insert_tasks(new_tasks, statuses)
+        statuses = [self._initial_status(t, deps, now, batch) for t in new_tasks]
+        if workflow is not None:
+            results = self.tasks.insert(new_tasks, statuses, self.storage.workflows.writer(workflow))
+        else:
+            results = self.tasks.insert(new_tasks, statuses)
         created = [task for task, is_new in results if is_new]
         for task in created:
             metrics.submitted(task.queue, task.type)
         self._publish(created)
-        self._emit(created, "submitted")
         return results
 
-    def _initial_status(self, t: NewTask, deps: dict[uuid.UUID, Task], now: dt.datetime) -> TaskStatus:
-        if t.depends_on and any(deps[d].status is not TaskStatus.COMPLETED for d in t.depends_on):
+    def _initial_status(
+        self, t: NewTask, deps: dict[uuid.UUID, Task], now: dt.datetime, batch: frozenset | set = frozenset()
+    ) -> TaskStatus:
+        if t.depends_on and any(
+            d in batch or deps[d].status is not TaskStatus.COMPLETED for d in t.depends_on
+        ):
             return TaskStatus.WAITING
         if t.run_at is not None and t.run_at > now:
             return TaskStatus.SCHEDULED
@@ -212,7 +241,7 @@ class Lifecycle:
         if not limit:
             return
         tenant = new_tasks[0].tenant
-        pending = self.storage.count_pending(tenant)
+        pending = self.tasks.count_pending(tenant)
         if pending + len(new_tasks) > limit:
             raise RateLimited(
                 f"tenant {tenant!r} has {pending} unfinished tasks; the quota is {limit}", retry_after=5
@@ -220,7 +249,7 @@ class Lifecycle:
 
     # ---- client actions --------------------------------------------------------------------------
     def get(self, task_id: uuid.UUID, tenant: str | None) -> Task:
-        task = self.storage.get_task(task_id, tenant=tenant)
+        task = self.tasks.get(task_id, tenant=tenant)
         if task is None:
             raise TaskNotFound(f"task {task_id} not found")
         return task
@@ -237,7 +266,7 @@ class Lifecycle:
             task = self.get(task_id, tenant)
             if task.status in PENDING_STATES:
                 now = utcnow()
-                rows = self.storage.transition(
+                rows = self.tasks.transition(
                     [task.id],
                     check_transition(PENDING_STATES, TaskStatus.CANCELLED),
                     TaskStatus.CANCELLED,
@@ -245,10 +274,10 @@ class Lifecycle:
                 )
                 if rows:
                     metrics.finished(rows[0].queue, rows[0].type, "cancelled")
-                    self._emit(rows, "cancelled")
                     return rows[0], True
             elif task.status is TaskStatus.RUNNING:
-                rows = self.storage.transition(
+                # not a move: the flag asks the worker to stop; its outcome is the move
+                rows = self.tasks.transition(
                     [task.id], [TaskStatus.RUNNING], None, {"cancel_requested": True}
                 )
                 if rows:
@@ -256,11 +285,37 @@ class Lifecycle:
                         self.rt.broker.request_cancel(rows[0])
                     except Exception:  # noqa: BLE001 - the database flag still stops it
                         logger.warning("broker could not signal task %s; relying on the cancel flag", task.id)
-                    self._emit(rows, "cancel_requested")
                     return rows[0], False
             else:
                 raise InvalidTransition(f"task {task.id} is {task.status}; it cannot be cancelled")
         raise InvalidTransition(f"task {task_id} kept changing state; try again")
+
+    def cancel_many(self, task_ids: Sequence[uuid.UUID], tenant: str | None) -> list[Task]:
+        """Cancel many tasks at once (a workflow's): those not started are cancelled in one
+        statement, the running ones asked to stop in another (as :meth:`cancel` does); final ones
+        are left alone. Returns the rows written."""
+        if not task_ids:
+            return []
+        rows = self.tasks.transition(
+            task_ids,
+            check_transition(PENDING_STATES, TaskStatus.CANCELLED),
+            TaskStatus.CANCELLED,
+            {"finished_at": utcnow(), "error": {"type": "Cancelled", "message": "cancelled by request"}},
+            tenant=tenant,
+        )
+        for t in rows:
+            metrics.finished(t.queue, t.type, "cancelled")
+        done = {t.id for t in rows}
+        rest = [i for i in task_ids if i not in done]
+        running = self.tasks.transition(
+            rest, [TaskStatus.RUNNING], None, {"cancel_requested": True}, tenant=tenant
+        )
+        for t in running:
+            try:
+                self.rt.broker.request_cancel(t)
+            except Exception:  # noqa: BLE001 - the database flag still stops it
+                logger.warning("broker could not signal task %s; relying on the cancel flag", t.id)
+        return rows + running
 
     def retry(self, task_id: uuid.UUID, tenant: str | None) -> Task:
         """Run a failed or cancelled task again with a fresh retry budget.
@@ -286,7 +341,7 @@ class Lifecycle:
         if not ids:
             return []
         now = utcnow()
-        rows = self.storage.transition(
+        rows = self.tasks.transition(
             ids,
             check_transition(states, TaskStatus.QUEUED),
             TaskStatus.QUEUED,
@@ -305,23 +360,39 @@ class Lifecycle:
             tenant=tenant,
         )
         self._publish(rows)
-        self._emit(rows, "requeued")
         return rows
 
-    def set_progress(self, task_id: uuid.UUID, value: float, worker_id: str | None = None) -> None:
-        self.storage.transition([task_id], [TaskStatus.RUNNING], None, {"progress": value})
+    def set_progress(
+        self,
+        values: dict[uuid.UUID, float] | uuid.UUID,
+        value: float | None = None,
+        worker_id: str | None = None,
+    ) -> int:
+        """Write the progress of running tasks, ``{id: value}``, in one statement (callers
+        coalesce: at most one write per task every half second or so). Not a move: the status
+        stays running. Returns how many rows changed (each journals one ``task.progress``).
+
+        ``set_progress(task_id, value)`` is the older one-task form.
+        """
+        if not isinstance(values, dict):
+            values = {values: float(value if value is not None else 0.0)}
+        return self.tasks.set_progress(values)
 
     # ---- workers ---------------------------------------------------------------------------------
     def claim(self, queues: Sequence[str], limit: int, worker_id: str) -> list[Task]:
-        """Take up to ``limit`` queued tasks for a worker (pull brokers)."""
-        tasks = self.storage.claim(queues, limit, worker_id, utcnow())
+        """Take up to ``limit`` queued tasks for a worker (pull brokers): queued → running, one
+        statement that also skips tasks of paused queues."""
+        tasks = self.tasks.claim(queues, limit, worker_id, utcnow())
         self._started(tasks)
         return tasks
 
     def start(self, task_ids: Sequence[uuid.UUID], worker_id: str) -> list[Task]:
         """Mark delivered tasks running for a worker (push brokers). Those no longer queued (a
-        duplicate delivery, a cancel) are left out of the result and must not run."""
-        tasks = self.storage.start(task_ids, worker_id, utcnow())
+        duplicate delivery, a cancel, a paused queue) are left out of the result and must not run:
+        queued → running, one statement that also skips tasks of paused queues."""
+        if not task_ids:
+            return []
+        tasks = self.tasks.start(task_ids, worker_id, utcnow())
         self._started(tasks)
         return tasks
 
@@ -329,7 +400,6 @@ class Lifecycle:
         for t in tasks:
             if t.queued_at and t.started_at:
                 metrics.waited(t.queue, (t.started_at - t.queued_at).total_seconds())
-        self._emit(tasks, "started")
 
     def finish(self, results: Sequence[tuple[Task, Outcome]], worker_id: str | None) -> list[Task]:
         """Record how attempts ended, in one set-based write.
@@ -383,25 +453,16 @@ class Lifecycle:
                     )
             else:  # pragma: no cover - a programming error in a worker
                 raise ValueError(f"unknown outcome {out.kind!r}")
+            if row["status"] not in FINISH_TO:  # pragma: no cover - TRANSITIONS and this table agree
+                raise InvalidTransition(f"running may not move to {row['status']}")
             rows.append(row)
-        written = self.storage.finish_many(rows, TaskStatus.RUNNING)
+        written = self.tasks.finish_many(rows, TaskStatus.RUNNING)
         by_id = {t.id: t for t in written}
         durations = {task.id: out.duration for task, out in results}
-        events: dict[str, list[Task]] = {}
         for t in written:
-            event = {
-                TaskStatus.COMPLETED: "completed",
-                TaskStatus.FAILED: "failed",
-                TaskStatus.CANCELLED: "cancelled",
-                TaskStatus.SCHEDULED: "retrying",
-                TaskStatus.QUEUED: "requeued",
-            }[t.status]
-            events.setdefault(event, []).append(t)
             if t.status in FINAL_STATES:
                 metrics.finished(t.queue, t.type, t.status.value, durations.get(t.id))
-        self._publish(events.get("requeued", []))
-        for event, tasks in events.items():
-            self._emit(tasks, event)
+        self._publish([t for t in written if t.status is TaskStatus.QUEUED])
         lost = [task.id for task, _ in results if task.id not in by_id]
         if lost:
             logger.info("outcome of %s task(s) not recorded: no longer held by this worker", len(lost))
@@ -411,30 +472,32 @@ class Lifecycle:
         """Which of these running tasks should stop (cancel requested, or taken away)."""
         if not task_ids:
             return set()
-        return self.storage.cancel_flags(task_ids)
+        return self.tasks.cancel_flags(task_ids)
 
     # ---- manager ---------------------------------------------------------------------------------
     def release_due(self, limit: int = 1000) -> list[Task]:
-        tasks = self.storage.release_due(utcnow(), limit)
+        """Scheduled tasks whose ``run_at`` has come: scheduled → queued, one statement."""
+        tasks = self.tasks.release_due(utcnow(), limit)
         self._publish(tasks)
-        self._emit(tasks, "released")
         return tasks
 
     def release_waiting(self, limit: int = 1000) -> list[Task]:
-        tasks = self.storage.release_waiting(utcnow(), limit)
-        self._publish(tasks)
-        self._emit(tasks, "released")
+        """Waiting tasks whose dependencies all completed: waiting → queued (or scheduled while
+        their ``run_at`` is ahead), one statement for a fan-out or fan-in of up to ``limit``."""
+        tasks = self.tasks.release_waiting(utcnow(), limit)
+        self._publish([t for t in tasks if t.status is TaskStatus.QUEUED])
         return tasks
 
     def cancel_blocked(self, limit: int = 1000) -> list[Task]:
         """Cancel waiting tasks whose dependency failed or was cancelled (repeats down the chain)."""
-        blocked = self.storage.blocked_waiting(limit)
+        blocked = self.tasks.blocked_waiting(limit)
         if not blocked:
             return []
-        rows = self.storage.transition(
+        from_states, to_state = DEPENDENCY_CANCEL
+        rows = self.tasks.transition(
             [t.id for t in blocked],
-            [TaskStatus.WAITING],
-            TaskStatus.CANCELLED,
+            from_states,
+            to_state,
             {
                 "finished_at": utcnow(),
                 "error": {
@@ -445,7 +508,6 @@ class Lifecycle:
         )
         for t in rows:
             metrics.finished(t.queue, t.type, "cancelled")
-        self._emit(rows, "cancelled")
         return rows
 
     def recover(self, tasks: Sequence[Task], reason: str) -> list[Task]:

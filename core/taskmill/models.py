@@ -25,6 +25,11 @@ __all__ = [
     "SameAs",
     "FINAL_STATES",
     "PENDING_STATES",
+    "TaskQuery",
+    "DeadLetterQuery",
+    "Event",
+    "EventQuery",
+    "EVENT_NAMES",
 ]
 
 
@@ -131,6 +136,7 @@ class Task:
     # internal: hash of the submitted body, to tell an idempotent repeat from a conflicting one
     request_hash: str | None = None
     queued_at: dt.datetime | None = None
+    workflow_id: uuid.UUID | None = None
 
     @property
     def retries_left(self) -> int:
@@ -164,6 +170,9 @@ class NewTask:
     callback_url: str | None = None
     tags: list[str] = dataclasses.field(default_factory=list)
     request_hash: str | None = None
+    id: uuid.UUID | None = None
+    """Set when the caller must know the id before the insert (a workflow's tasks); else assigned."""
+    workflow_id: uuid.UUID | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,3 +232,69 @@ class ApiKey:
     created_at: dt.datetime
     last_used_at: dt.datetime | None = None
     revoked_at: dt.datetime | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskQuery:
+    """A filtered page of tasks (newest first). ``None`` leaves a filter out."""
+
+    tenant: str | None = None
+    status: TaskStatus | str | None = None
+    type: str | None = None
+    queue: str | None = None
+    tag: str | None = None
+    created_after: dt.datetime | None = None
+    created_before: dt.datetime | None = None
+    offset: int = 0
+    limit: int = 50
+
+
+@dataclasses.dataclass(frozen=True)
+class DeadLetterQuery:
+    """Failed tasks to requeue: by tenant, type, queue and when they failed."""
+
+    tenant: str | None = None
+    type: str | None = None
+    queue: str | None = None
+    failed_after: dt.datetime | None = None
+    failed_before: dt.datetime | None = None
+    limit: int = 1000
+
+
+EVENT_NAMES = (
+    "task.submitted",
+    "task.started",
+    "task.progress",
+    "task.retry_scheduled",
+    "task.completed",
+    "task.failed",
+    "task.cancelled",
+    "task.requeued",
+)
+"""The journal's event names (API.md, Events)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """One row of the events journal: a task changed (the task itself is read from its row)."""
+
+    id: int
+    at: dt.datetime
+    tenant: str
+    task_id: uuid.UUID
+    workflow_id: uuid.UUID | None
+    queue: str
+    type: str
+    event: str
+
+
+@dataclasses.dataclass(frozen=True)
+class EventQuery:
+    """Filters of a journal read; each tuple matches any of its values (empty: no filter)."""
+
+    tenant: str | None = None
+    task_ids: tuple[uuid.UUID, ...] = ()
+    workflow_ids: tuple[uuid.UUID, ...] = ()
+    queues: tuple[str, ...] = ()
+    types: tuple[str, ...] = ()
+    events: tuple[str, ...] = ()

@@ -23,7 +23,18 @@ from sqlalchemy import Uuid
 from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import JSONB
 
-__all__ = ["metadata", "tasks", "task_dependencies", "queues", "workers", "kv", "api_keys", "audit_log"]
+__all__ = [
+    "metadata",
+    "tasks",
+    "task_dependencies",
+    "queues",
+    "workers",
+    "kv",
+    "events",
+    "event_cursors",
+    "api_keys",
+    "audit_log",
+]
 
 metadata = MetaData(
     naming_convention={
@@ -77,7 +88,6 @@ tasks = Table(
     Column("timeout", Integer, nullable=False),
     Column("retry_backoff", Float, nullable=False),
     Column("run_at", UTCDateTime()),
-    Column("depends_on", Json),
     Column("idempotency_key", String(200)),
     Column("request_hash", String(64)),
     Column("callback_url", Text),
@@ -92,6 +102,7 @@ tasks = Table(
     Column("started_at", UTCDateTime()),
     Column("finished_at", UTCDateTime()),
     Column("updated_at", UTCDateTime(), nullable=False),
+    Column("workflow_id", Uuid()),
 )
 _queued = tasks.c.status == "queued"
 Index(
@@ -181,6 +192,37 @@ kv = Table(
     Column("value", Text, nullable=False),
 )
 
+# The events journal (migration 0003): one row per task change, written by triggers on ``tasks``
+# in the transaction of the change. Ids grow; consumers read ``id > cursor``.
+events = Table(
+    "events",
+    metadata,
+    Column("id", Seq, primary_key=True, autoincrement=True),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("tenant", String(100), nullable=False),
+    Column("task_id", Uuid(), nullable=False),
+    Column("workflow_id", Uuid()),
+    Column("queue", String(200), nullable=False),
+    Column("type", String(200), nullable=False),
+    Column("event", String(32), nullable=False),
+)
+Index("ix_events_task", events.c.task_id, events.c.id)
+Index(
+    "ix_events_workflow",
+    events.c.workflow_id,
+    events.c.id,
+    postgresql_where=events.c.workflow_id.isnot(None),
+    sqlite_where=events.c.workflow_id.isnot(None),
+)
+
+event_cursors = Table(
+    "event_cursors",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("position", BigInteger, nullable=False, server_default="0"),
+    Column("lease_owner", String(200)),
+    Column("lease_until", UTCDateTime()),
+)
 api_keys = Table(
     "api_keys",
     metadata,

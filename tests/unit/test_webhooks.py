@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 import taskmill.worker
+from taskmill.journal import JournalFeed
 from taskmill.models import Task
 from taskmill.models import TaskStatus
 from taskmill.runtime import Runtime
@@ -96,9 +97,12 @@ def submit(rt: Runtime, **body: Any) -> Task:
 
 
 def drain(rt: Runtime) -> None:
-    """Run the pool in burst mode until no task is queued (a finish may submit a delivery)."""
+    """Run the pool in burst mode, then the manager's journal feed (which submits deliveries),
+    until no task is queued."""
+    feed = JournalFeed(rt)
     for _ in range(5):
         rt.broker.run_worker(WorkerOptions(queues=["default"], concurrency=1, burst=True))
+        feed.run_once()
         if not rt.storage.list_tasks({"status": "queued"}, offset=0, limit=1)[1]:
             return
     raise AssertionError("tasks are still queued")
