@@ -197,6 +197,12 @@ class WorkflowService:
         """
         items = data["tasks"]
         keys, inner, _outer = check_graph(items)
+        for i, item in enumerate(items):
+            if item.get("idempotency_key") is not None:
+                raise ValidationError(
+                    f"task {item['key']!r}: a workflow's tasks take no idempotency_key",
+                    {"tasks": {str(i): {"idempotency_key": ["not accepted in a workflow"]}}},
+                )
         ids = {key: uuid.uuid4() for key in keys}
         lifecycle = self.rt.lifecycle
         built = []
