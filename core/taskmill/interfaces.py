@@ -31,7 +31,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from taskmill.stores import SettingsStore
     from taskmill.stores import TaskStore
     from taskmill.stores import WorkerStore
-    from taskmill.worker import WorkerOptions
+    from taskmill.worker.options import WorkerOptions
+    from taskmill.worker.transport import Consumer
 
 __all__ = ["Storage", "Broker", "AuthBackend"]
 
@@ -182,10 +183,14 @@ class Storage:
 
 
 class Broker:
-    """Carries task ids from the database to workers. Never writes task state itself.
+    """A transport: carries task ids from the database to workers. Never writes task state.
 
-    A broker is built with the URL and settings and the app's :class:`taskmill.app.Runtime`
-    (storage, registries, plugin host), which it uses to reach core's lifecycle and execution.
+    A broker is built with the URL, the settings and the process's runtime (storage, lifecycle,
+    registries). It publishes task ids after their commit and gives each worker a
+    :class:`~taskmill.worker.transport.Consumer` (``receive``, ``ack``, ``requeue``, a wake-up
+    descriptor); core's loop (:mod:`taskmill.worker.loop`) starts each delivered task through the
+    lifecycle, runs it in its pool and records the outcome. A broker that must keep its own loop
+    (RQ) overrides :meth:`run_worker` and plugs core's duty units into it.
     """
 
     schemes: ClassVar[tuple[str, ...]] = ()
@@ -206,17 +211,32 @@ class Broker:
         """
         raise NotImplementedError
 
-    def run_worker(self, options: WorkerOptions) -> None:
-        """Run a worker until it is told to stop (SIGTERM/SIGINT): take tasks from the broker and
-        run them through core's execution. Blocks."""
+    def consumer(self, queues: Sequence[str], worker_id: str, prefetch: int) -> Consumer:
+        """A source of deliveries for one worker on ``queues`` (highest priority first, FIFO
+        within a priority). ``prefetch`` is the worker's prefetch setting (-1: adaptive)."""
         raise NotImplementedError
+
+    def run_worker(self, options: WorkerOptions) -> None:
+        """Run a worker until it is told to stop (SIGTERM/SIGINT). Blocks.
+
+        The default is core's loop over :meth:`consumer` (the loop module is imported here, at
+        call time, so this module imports no role module)."""
+        from taskmill.worker.loop import run_worker
+
+        run_worker(self.runtime, options, self.consumer(options.queues, options.worker_id, options.prefetch))
 
     def check(self) -> None:
         """Raise BrokerUnavailable unless the broker answers."""
 
     def republish_lost(self, tasks: Sequence[Task]) -> int:
-        """Given queued tasks older than the re-publish delay, publish those the broker no
-        longer holds. Returns how many were published. Durable brokers return 0."""
+        """Given queued tasks (the manager passes those older than the re-publish delay; a
+        resumed queue passes all of its queued tasks), publish those the broker no longer holds.
+        Returns how many were published. Durable brokers return 0."""
+        return 0
+
+    def queue_resumed(self, name: str) -> int:
+        """A paused queue was resumed: publish again its queued tasks the broker dropped while it
+        was paused (workers drop deliveries of a paused queue). Returns how many."""
         return 0
 
     def request_cancel(self, task: Task) -> None:

@@ -3,7 +3,7 @@
 Every queue, job and worker of this plugin is built here, so the serializer can never differ
 between the publisher and the worker (``Job.fetch`` without ``serializer=`` would fall back to
 RQ's default, unsafe serializer). A task becomes one RQ job whose id is the task id and whose
-only argument is that id; the job calls :func:`taskmill.execution.execute` by dotted path.
+only argument is that id; the job calls :func:`taskmill_redis.jobs.execute` by dotted path.
 
 Priorities: each taskmill queue maps to ten RQ queues, ``<queue>:p9`` … ``<queue>:p0``. A
 worker listens to them highest priority first (one ``BLPOP`` over all keys, which Redis serves
@@ -40,7 +40,7 @@ __all__ = [
     "fetch_job",
 ]
 
-EXECUTE = "taskmill.execution.execute"
+EXECUTE = "taskmill_redis.jobs.execute"
 """Dotted path of the function every RQ job calls, with the task id as its only argument."""
 
 SERIALIZER = JSONSerializer

@@ -44,7 +44,6 @@ from rq.worker import WorkerStatus
 from rq.worker_pool import WorkerPool
 
 from taskmill.errors import StorageUnavailable
-from taskmill.execution import OutcomeWriter
 from taskmill.execution import TimeoutExpired
 from taskmill.models import Outcome
 from taskmill.models import TaskStatus
@@ -285,20 +284,12 @@ class TaskmillWorkerMixin:
         self._rt.worker_id = self.name
         self._rt.storage.register_worker(self._info())
         if not self.forks:
-            # outcomes are written in batches (one statement for many tasks); a work-horse
-            # process exits after one task, so the forking worker writes them at once
-            self._rt.outcome_writer = OutcomeWriter(self._rt, self.name)
-        if not self.forks:
             signal.signal(signal.SIGUSR1, self._on_force_stop)
         self._watch_stop.clear()
         self._watcher = threading.Thread(target=self._watch, name="taskmill-watcher", daemon=True)
         self._watcher.start()
 
     def _unregister(self) -> None:
-        writer = getattr(self._rt, "outcome_writer", None)
-        if writer is not None:
-            writer.close()
-            self._rt.outcome_writer = None
         self._watch_stop.set()
         if self._watcher is not None:
             self._watcher.join(timeout=5)
@@ -458,7 +449,7 @@ def run(broker: RedisBroker, options: WorkerOptions) -> None:
     that dies; the dead one's task is recovered by the manager after the lease).
     """
     settings = broker.settings
-    cls = worker_class(settings.redis_worker_class)
+    cls = worker_class(broker.runtime.plugin_settings("redis").worker_class)
     names = listen_order(options.queues)
     level = "DEBUG" if settings.log_level.upper() == "DEBUG" else "WARNING"
     conn = connect(broker.url, socket_timeout=DEQUEUE_TIMEOUT + 10)

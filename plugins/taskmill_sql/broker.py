@@ -1,16 +1,21 @@
 """The SQL broker: the database is the queue.
 
-Workers claim tasks with one ``UPDATE … WHERE seq IN (SELECT … FOR UPDATE SKIP LOCKED) RETURNING``
-(on PostgreSQL), so each task goes to exactly one worker. On PostgreSQL, a trigger sends
-``NOTIFY`` whenever a committed write queues tasks, which wakes idle workers listening on the
-channel (latency of a few ms instead of a poll interval). On SQLite the write lock serialises
+Its consumer claims tasks with one ``UPDATE … WHERE seq IN (SELECT … FOR UPDATE SKIP LOCKED)
+RETURNING`` (on PostgreSQL) through ``lifecycle.claim``, so each task goes to exactly one worker and
+its deliveries arrive already running (:attr:`Delivery.task` is set; core's loop does not start
+them again). On PostgreSQL, a trigger sends ``NOTIFY`` whenever a committed write queues tasks;
+the consumer LISTENs on the channel and its connection is the wake-up descriptor of core's loop
+(a few ms from commit to start instead of a poll interval). On SQLite the write lock serialises
 claims, which is correct on one machine; idle workers poll with a short, growing sleep (at most
-0.1 s).
+0.1 s). Nothing is lost between database and broker, so ack and requeue have nothing to do: a
+claimed task that is not run is handed back by the loop through ``lifecycle.finish(requeue)``.
 """
 
 from __future__ import annotations
 
 import logging
+import select
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,10 +23,9 @@ from taskmill.errors import BrokerUnavailable
 from taskmill.errors import StorageUnavailable
 from taskmill.interfaces import Broker
 from taskmill.models import Task
-from taskmill.worker import WorkerOptions
-from taskmill.worker import WorkerPool
+from taskmill.worker.transport import Delivery
 
-__all__ = ["SqlBroker", "CHANNEL"]
+__all__ = ["SqlBroker", "SqlConsumer", "CHANNEL"]
 
 logger = logging.getLogger("taskmill.sql.broker")
 
@@ -52,18 +56,20 @@ class SqlBroker(Broker):
         except StorageUnavailable as exc:
             raise BrokerUnavailable(str(exc)) from None
 
-    def run_worker(self, options: WorkerOptions) -> None:
-        source = SqlTaskSource(self, options)
-        WorkerPool(self.runtime, options, source).run()
+    def consumer(self, queues: Sequence[str], worker_id: str, prefetch: int) -> SqlConsumer:
+        """A claiming consumer (LISTENing for wake-ups on PostgreSQL)."""
+        return SqlConsumer(self, queues, worker_id)
 
 
-class SqlTaskSource:
-    """Claims for a pool; on PostgreSQL also LISTENs for wake-ups."""
+class SqlConsumer:
+    """Claims for a worker; on PostgreSQL also LISTENs for wake-ups."""
 
-    def __init__(self, broker: SqlBroker, options: WorkerOptions) -> None:
+    def __init__(self, broker: SqlBroker, queues: Sequence[str], worker_id: str) -> None:
         self.broker = broker
-        self.options = options
+        self.queues = list(queues)
+        self.worker_id = worker_id
         self.lifecycle = broker.runtime.lifecycle
+        self._raw: Any = None
         self._listen_conn: Any = None
         if broker.is_postgres:
             self._listen()
@@ -81,10 +87,35 @@ class SqlTaskSource:
             logger.warning("cannot LISTEN for new tasks (polling instead): %s", exc)
             self._listen_conn = None
 
-    def fetch(self, limit: int) -> list[Task]:
+    def receive(self, limit: int, timeout: float) -> list[Delivery]:
+        """Claim up to ``limit`` tasks; if none and ``timeout`` > 0, wait for a NOTIFY (or poll)
+        and claim once more. Deliveries carry the claimed (running) task.
+
+        Raises:
+            StorageUnavailable: the database cannot be reached.
+        """
+        self._drain()
+        tasks = self._claim(limit)
+        if not tasks and timeout > 0:
+            fd = self.fileno()
+            if fd is not None:
+                select.select([fd], [], [], timeout)
+                self._drain()
+            else:
+                time.sleep(timeout)
+            tasks = self._claim(limit)
+        return [Delivery(task_id=t.id, queue=t.queue, task=t) for t in tasks]
+
+    def _claim(self, limit: int) -> list[Task]:
         if self.broker.is_postgres and self._listen_conn is None:
             self._listen()
-        return self.lifecycle.claim(self.options.queues, limit, self.options.worker_id)
+        return self.lifecycle.claim(self.queues, limit, self.worker_id)
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """Nothing to forget: the claim already committed the start."""
+
+    def requeue(self, deliveries: Sequence[Delivery]) -> None:
+        """Nothing to give back: a claimed task is handed back through the lifecycle."""
 
     def fileno(self) -> int | None:
         if self._listen_conn is None:
@@ -95,14 +126,15 @@ class SqlTaskSource:
             self._listen_conn = None
             return None
 
-    def drain(self) -> None:
+    def _drain(self) -> None:
+        """Consume the notifications that arrived (they only mean "claim again")."""
         conn = self._listen_conn
         if conn is None:
             return
         try:
             conn.poll()  # reads every notification that has arrived, without blocking
             conn.notifies.clear()
-        except Exception as exc:  # noqa: BLE001 - reconnect on next fetch
+        except Exception as exc:  # noqa: BLE001 - reconnect on next claim
             logger.warning("LISTEN connection lost: %s", exc)
             self.close()
 

@@ -1,4 +1,5 @@
-"""The SQL broker's worker pool: real forked processes on SQLite and PostgreSQL."""
+"""Core's worker loop and prefork pool over the SQL broker's consumer: real forked processes on
+SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -14,8 +15,7 @@ import pytest
 
 from taskmill.models import TaskStatus
 from taskmill.worker import WorkerOptions
-from taskmill.worker import WorkerPool
-from taskmill_sql.broker import SqlTaskSource
+from taskmill.worker.loop import WorkerLoop
 from tests.storages import BACKENDS
 from tests.storages import runtime_on
 from tests.waiting import wait_for
@@ -41,10 +41,11 @@ class RunningPool:
 
     def __init__(self, rt: Any, concurrency: int = 2, **kw: Any) -> None:
         self.options = WorkerOptions(queues=["default"], concurrency=concurrency, **kw)
-        self.pool = WorkerPool(rt, self.options, SqlTaskSource(rt.broker, self.options))
+        consumer = rt.broker.consumer(self.options.queues, self.options.worker_id, self.options.prefetch)
+        self.pool = WorkerLoop(rt, self.options, consumer)
         self.thread = threading.Thread(target=self.pool.run, daemon=True)
 
-    def __enter__(self) -> WorkerPool:
+    def __enter__(self) -> WorkerLoop:
         self.thread.start()
         return self.pool
 
@@ -197,11 +198,11 @@ def test_notify_wakes_an_idle_worker_at_once(tmp_path: Any) -> None:
 def test_prefetch_adapts_to_task_duration(tmp_path: Any) -> None:
     with runtime_on("sqlite", tmp_path) as rt:
         options = WorkerOptions(queues=["default"], concurrency=2)
-        pool = WorkerPool(rt, options, SqlTaskSource(rt.broker, options))
+        pool = WorkerLoop(rt, options, rt.broker.consumer(["default"], options.worker_id, -1))
         expected = {None: 34, 0.001: 34, 0.05: 10, 0.5: 4, 5.0: 2}
         for avg, capacity in expected.items():
             pool._avg_duration = avg
             assert pool.capacity == capacity, avg
-        fixed = WorkerPool(rt, WorkerOptions(queues=["default"], concurrency=2, prefetch=1), pool.source)
+        fixed = WorkerLoop(rt, WorkerOptions(queues=["default"], concurrency=2, prefetch=1), pool.consumer)
         fixed._avg_duration = 0.001
         assert fixed.capacity == 3
