@@ -11,6 +11,9 @@ from taskmill.config import Settings
 
 __all__ = ["serve"]
 
+STREAM_HEADROOM = 32
+"""Threads per API process beyond its cap of event streams: what ordinary requests always have."""
+
 
 def _child_exit(_server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess
@@ -49,12 +52,20 @@ class _App(BaseApplication):
 
 
 def serve(settings: Settings, metrics_dir: str) -> None:
-    """Run gunicorn in the foreground until SIGTERM/SIGINT."""
+    """Run gunicorn in the foreground until SIGTERM/SIGINT.
+
+    The worker class is ``gthread``: a server-sent events stream holds one thread for its life
+    (a ``sync`` worker would be held whole, and killed at ``timeout``), so each process runs its
+    cap of streams plus :data:`STREAM_HEADROOM` threads, and streams can never take every thread.
+    """
+    from taskmill.api.events import DEFAULT_MAX_STREAMS
+
+    streams = int(getattr(settings, "events_max_streams", 0) or DEFAULT_MAX_STREAMS)
     options = {
         "bind": f"{settings.host}:{settings.port}",
         "workers": settings.api_workers,
-        "threads": settings.api_threads,
-        "worker_class": "gthread" if settings.api_threads > 1 else "sync",
+        "threads": max(settings.api_threads, streams + STREAM_HEADROOM),
+        "worker_class": "gthread",
         "timeout": 60,
         "graceful_timeout": 10,
         "keepalive": 5,
