@@ -38,6 +38,7 @@ from taskmill import hookimpl
 from taskmill.errors import BrokerUnavailable
 from taskmill.interfaces import Broker
 from taskmill.models import Task
+from taskmill.models import utcnow
 from taskmill_rabbitmq import topology
 from taskmill_rabbitmq.consumer import RabbitConsumer
 from taskmill_rabbitmq.publisher import Message
@@ -139,6 +140,24 @@ class RabbitBroker(Broker):
         logger.info("re-published %s stale queued task(s) to rabbitmq", len(due))
         return len(due)
 
+    def queue_resumed(self, name: str) -> int:
+        """Publish again every queued task of a resumed queue (workers acked and dropped the
+        deliveries they received while it was paused). Returns how many.
+
+        Raises:
+            BrokerUnavailable: RabbitMQ is down (the manager's re-publish catches up later).
+        """
+        tasks = [t for t in _stale_queued(self.runtime, utcnow(), 100_000) if t.queue == name]
+        for start in range(0, len(tasks), 1000):
+            self.publish(tasks[start : start + 1000])
+        now = time.monotonic()
+        base = max(1.0, float(getattr(self.settings, "republish_after", 30.0)))
+        for t in tasks:
+            self._republished[t.id] = (now + base, base)
+        if tasks:
+            logger.info("queue %s resumed: re-published %s queued task(s)", name, len(tasks))
+        return len(tasks)
+
     def dead_letter(self, tasks: Sequence[Task]) -> None:
         """Publish a record of each task that exhausted its retries to the dead-letter exchange.
 
@@ -167,13 +186,25 @@ class RabbitBroker(Broker):
         )
 
     # -- workers ----------------------------------------------------------------------------------------
+    def run_worker(self, options: Any) -> None:
+        """Core's worker loop over :meth:`consumer` (the concurrency sizes the prefetch window)."""
+        self._concurrency = int(options.concurrency)
+        super().run_worker(options)
+
+    def prefetch_window(self, prefetch: int) -> int:
+        """The largest ``basic_qos`` window: the most core's loop holds at once, i.e. one per slot
+        plus ``prefetch``, or with the adaptive prefetch (-1) sixteen per slot more."""
+        n = getattr(self, "_concurrency", 0) or int(self.settings.concurrency)
+        return n + (prefetch if prefetch >= 0 else 16 * n)
+
     def consumer(self, queues: Sequence[str], worker_id: str, prefetch: int) -> RabbitConsumer:
-        """A consumer of ``queues`` with ``basic_qos`` prefetch ``prefetch`` (core passes what
-        ``--concurrency`` and ``--prefetch`` allow). Waits up to 3 s for the first connection."""
+        """A consumer of ``queues`` whose ``basic_qos`` window follows what core asks for, up to
+        :meth:`prefetch_window` (tied to ``--concurrency``). Waits up to 3 s for the first
+        connection."""
         consumer = RabbitConsumer(
             self.parameters,
             queues,
-            prefetch=prefetch,
+            prefetch=self.prefetch_window(prefetch),
             hold=self.options.hold,
             redacted_url=self.redacted_url,
             scrub=self.scrub,
@@ -259,6 +290,14 @@ def _paused_queues(runtime: Any) -> set[str]:
     if queues is not None and hasattr(queues, "paused"):
         return set(queues.paused())
     return set(storage.paused_queues())
+
+
+def _stale_queued(runtime: Any, before: Any, limit: int) -> list[Task]:
+    storage = runtime.storage
+    tasks = getattr(storage, "tasks", None)
+    if tasks is not None and hasattr(tasks, "stale_queued"):
+        return list(tasks.stale_queued(before, limit))
+    return list(storage.stale_queued(before, limit))
 
 
 def _queue_stats(runtime: Any) -> list[Any]:

@@ -14,10 +14,12 @@ however long they run. A worker killed mid-task loses nothing: its running task 
 through the database lease by the manager, which publishes it again.
 
 Because acked deliveries no longer count against ``basic_qos``, the prefetch window only bounds
-deliveries not yet started. To keep a busy worker from sitting on tasks another worker could run
-(or past ``consumer_timeout``), deliveries that core has not asked for within ``hold`` seconds
-are handed back (``basic_nack`` with requeue) and consuming pauses (``basic_cancel``) until core
-asks again.
+deliveries not yet started: it starts at the most core's loop may ask for at once (its capacity
+with ``--concurrency`` and ``--prefetch``) and follows what core actually asks for (re-set at most
+every two seconds), so a worker of long tasks holds about one delivery per free slot. To keep a
+busy worker from sitting on tasks another worker could run (or past ``consumer_timeout``),
+deliveries that core has not asked for within ``hold`` seconds are handed back (``basic_nack``
+with requeue) and consuming pauses (``basic_cancel``) until core asks again.
 
 Every failure (connection refused or lost, a channel closed by the broker) ends the current
 connection: deliveries still buffered are dropped (RabbitMQ redelivers them), and the thread
@@ -68,6 +70,9 @@ logger = logging.getLogger("taskmill.rabbitmq.consumer")
 _POLL = 0.2
 """Longest time (s) the consumer thread waits in ``process_data_events``."""
 
+_QOS_EVERY = 2.0
+"""Seconds between two adjustments of the prefetch window to what core asks for."""
+
 
 class RabbitConsumer:
     """Deliveries of some taskmill queues to one worker process."""
@@ -104,6 +109,8 @@ class RabbitConsumer:
         self._down_since = time.monotonic()
         self._last_demand = time.monotonic()
         self._resume_wanted = False
+        self._limit_seen = 0
+        self.qos = self.prefetch
         #: counters for tests and logs
         self.generation = 0
         self.connects = 0
@@ -127,6 +134,8 @@ class RabbitConsumer:
         if limit <= 0:
             return []
         self._last_demand = time.monotonic()
+        if limit > self._limit_seen:
+            self._limit_seen = limit
         if self._suspended and not self._resume_wanted:
             self._resume_wanted = True
             self._call(self._resume)
@@ -233,7 +242,8 @@ class RabbitConsumer:
         conn = pika.BlockingConnection(self._params_factory(self._name))
         self._conn = conn
         ch = conn.channel()
-        ch.basic_qos(prefetch_count=self.prefetch)
+        self.qos = self.prefetch
+        ch.basic_qos(prefetch_count=self.qos)
         ch.exchange_declare(topology.DEAD_LETTER_EXCHANGE, exchange_type="fanout", durable=True)
         ch.queue_declare(
             topology.DEAD_LETTER_QUEUE,
@@ -266,6 +276,7 @@ class RabbitConsumer:
     def _consume_loop(self) -> None:
         conn, ch = self._conn, self._channel
         assert conn is not None
+        next_qos = time.monotonic() + _QOS_EVERY
         while not self._stop.is_set():
             conn.process_data_events(time_limit=_POLL)
             if not ch.is_open:
@@ -273,10 +284,23 @@ class RabbitConsumer:
                 # process_data_events does not raise for it
                 raise BrokerUnavailable("the broker closed the consumer channel")
             self._hand_back_unwanted()
+            if time.monotonic() >= next_qos:
+                self._adapt_qos()
+                next_qos = time.monotonic() + _QOS_EVERY
         if ch.is_open:
             for tag in self._tags:
                 ch.basic_cancel(tag)  # pending, undispatched deliveries are nacked by pika
             self._requeue_buffer()
+
+    def _adapt_qos(self) -> None:
+        """Set the prefetch window to the most core asked for at once lately (within bounds)."""
+        seen, self._limit_seen = self._limit_seen, 0
+        if not seen:
+            return  # core did not ask: keep the window (hand-back covers a busy worker)
+        target = max(1, min(self.prefetch, seen))
+        if target != self.qos:
+            self._channel.basic_qos(prefetch_count=target)
+            self.qos = target
 
     def _on_message(self, queue: str, ch: Any, method: Any, properties: Any, body: bytes) -> None:
         decoded = topology.decode_task(properties, body)
