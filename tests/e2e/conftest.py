@@ -19,7 +19,9 @@ from typing import Any
 import pytest
 import requests
 
+from tests.services import amqp_url
 from tests.services import postgres_url
+from tests.services import rabbitmq_vhost
 from tests.services import redis_server
 from tests.services import scratch_database
 
@@ -161,7 +163,7 @@ def taskmill_run(workdir: Path, env_extra: dict[str, str], concurrency: int = 2)
             pass
 
 
-BROKERS = ["sqlite", "postgresql", "redis"]
+BROKERS = ["sqlite", "postgresql", "redis", "rabbitmq"]
 
 
 @pytest.fixture(scope="module", params=BROKERS)
@@ -169,7 +171,8 @@ def broker_url(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, str]]:
     """Settings of one installation per broker: the embedded default (SQLite + SQL broker),
-    PostgreSQL with the SQL broker, and PostgreSQL with the Redis broker (a private redis-server)."""
+    PostgreSQL with the SQL broker, PostgreSQL with the Redis broker (a private redis-server), and
+    PostgreSQL with the RabbitMQ broker (a vhost of its own)."""
     with ExitStack() as stack:
         if request.param == "sqlite":
             path = tmp_path_factory.mktemp("e2e") / "taskmill.db"
@@ -181,6 +184,10 @@ def broker_url(
             url = stack.enter_context(scratch_database(postgres_url()))
             server = stack.enter_context(redis_server())
             yield {"TASKMILL_DATABASE_URL": url, "TASKMILL_BROKER_URL": server.url}
+        elif request.param == "rabbitmq":
+            url = stack.enter_context(scratch_database(postgres_url()))
+            vhost = stack.enter_context(rabbitmq_vhost(amqp_url()))
+            yield {"TASKMILL_DATABASE_URL": url, "TASKMILL_BROKER_URL": vhost}
         else:  # pragma: no cover
             raise ValueError(request.param)
 
