@@ -11,6 +11,7 @@ PACKAGES = {
     "taskmill_handlers": "handlers/taskmill_handlers",
     "taskmill_auth": "plugins/taskmill_auth",
     "taskmill_redis": "plugins/taskmill_redis",
+    "taskmill_web": "web/taskmill_web",
     "taskmill_rabbitmq": "plugins/taskmill_rabbitmq",
 }
 
@@ -26,6 +27,7 @@ setup(
     package_data={
         "taskmill_sql": ["migrations/script.py.mako"],
         "taskmill": ["api/templates/*.html", "api/static/*.js"],
+        "taskmill_web": ["templates/taskmill_web/*.html", "static/*"],
     },
     install_requires=[
         "flask>=3.1,<4",
@@ -45,6 +47,7 @@ setup(
         "urllib3>=2.6,<3",
         "limits>=3.13,<6",
         "pyjwt[crypto]>=2.8,<3",
+        "cryptography>=42,<49",  # Fernet: the dashboard session's encrypted credential
         "rq>=2.0,<3",
         "redis>=5,<9",
         "pika>=1.4,<1.5",
@@ -57,6 +60,7 @@ setup(
             "schemathesis>=4.0,<5",
             "openapi-spec-validator>=0.7,<1",
             "ruff>=0.6",
+            "playwright>=1.50,<2",  # dashboard tests drive Debian's chromium (never `playwright install`)
             "wheel>=0.42",  # the plugin-install test builds a package without network
         ],
     },
@@ -68,6 +72,7 @@ setup(
             "redis = taskmill_redis",
             "rabbitmq = taskmill_rabbitmq",
             "auth = taskmill_auth",
+            "web = taskmill_web",
         ],
     },
     classifiers=[

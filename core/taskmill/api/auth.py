@@ -48,6 +48,8 @@ __all__ = [
     "iter_route_roles",
     "undeclared_routes",
     "current_principal",
+    "principal_for_credential",
+    "use_principal",
     "scope_tenant",
     "submit_tenant",
     "init_auth",
@@ -137,14 +139,14 @@ def _backends() -> list[tuple[str, Any]]:
     return current_app.extensions[EXTENSION_KEY]["backends"]
 
 
-def _authenticate() -> Principal:
+def _authenticate(req: Any = None) -> Principal:
     state = current_app.extensions[EXTENSION_KEY]
     if state["mode"] == "none":
         return LOCAL_PRINCIPAL
     remembered: AuthError | None = None
     for name, backend in _backends():
         try:
-            principal = backend.authenticate(request)
+            principal = backend.authenticate(request if req is None else req)
         except AuthError as exc:
             logger.debug("auth backend %s rejected the credential: %s", name, exc)
             remembered = remembered or exc
@@ -163,6 +165,27 @@ def current_principal() -> Principal:
         principal = _authenticate()
         g.taskmill_principal = principal
     return principal
+
+
+def principal_for_credential(credential: str) -> Principal:
+    """Resolve a credential (an API key or a JWT) through the auth backends, exactly as if the
+    current request had sent it as ``Authorization: Bearer`` (the dashboard keeps one in its
+    signed session). With ``TASKMILL_AUTH=none``: the local admin.
+
+    Raises:
+        AuthError: no backend accepts it.
+    """
+    from werkzeug.wrappers import Request
+
+    environ = {k: v for k, v in request.environ.items() if k not in ("HTTP_AUTHORIZATION", "HTTP_X_API_KEY")}
+    environ["HTTP_AUTHORIZATION"] = f"Bearer {credential}"
+    return _authenticate(Request(environ))
+
+
+def use_principal(principal: Principal) -> None:
+    """Make ``principal`` the current request's, before the role check runs (a plugin that
+    authenticates by other means, such as the dashboard's session, calls it)."""
+    g.taskmill_principal = principal
 
 
 def scope_tenant() -> str | None:
