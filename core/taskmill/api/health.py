@@ -1,4 +1,9 @@
-"""``/health`` (readiness: storage and broker) and ``/health/live`` (liveness). No credential."""
+"""``/health`` (readiness: storage and broker) and ``/health/live`` (liveness). No credential.
+
+Each check is bounded by :data:`taskmill.probes.CHECK_TIMEOUT` and its result reused for
+:data:`taskmill.probes.CHECK_CACHE_SECONDS`, so a probe answers quickly even when the database host
+does not answer at all, and frequent probes cost at most one check per period.
+"""
 
 from __future__ import annotations
 
@@ -12,30 +17,22 @@ from taskmill.api.errors import RETRY_AFTER_UNAVAILABLE
 from taskmill.api.schemas import HealthSchema
 from taskmill.api.schemas import LiveSchema
 from taskmill.app import get_runtime
+from taskmill.probes import component_status
 
 __all__ = ["blp"]
 
 blp = Blueprint("health", __name__, url_prefix="/health", description="Readiness and liveness probes.")
 
 
-def _probe(check: Any) -> str:
-    try:
-        check()
-    except Exception as exc:  # noqa: BLE001 - any failure makes the probe report it
-        return str(exc) or type(exc).__name__
-    return "ok"
-
-
 @blp.route("")
 class Ready(MethodView):
     @public
-    @blp.doc(security=[])
+    @blp.doc(security=[], operationId="health")
     @blp.response(200, HealthSchema, description="Storage and broker answer.")
     @blp.alt_response(503, schema=HealthSchema, description="Storage or broker unreachable.")
     def get(self) -> tuple[dict[str, Any], int, dict[str, str]] | dict[str, Any]:
         """Readiness: can this process reach its storage and broker?"""
-        runtime = get_runtime()
-        checks = {"storage": _probe(runtime.storage.check), "broker": _probe(runtime.broker.check)}
+        checks = component_status(get_runtime())
         if all(v == "ok" for v in checks.values()):
             return {"status": "ok", "checks": checks}
         return {"status": "unavailable", "checks": checks}, 503, {"Retry-After": str(RETRY_AFTER_UNAVAILABLE)}
@@ -44,7 +41,7 @@ class Ready(MethodView):
 @blp.route("/live")
 class Live(MethodView):
     @public
-    @blp.doc(security=[])
+    @blp.doc(security=[], operationId="healthLive")
     @blp.response(200, LiveSchema)
     def get(self) -> dict[str, str]:
         """Liveness: the process serves requests."""
