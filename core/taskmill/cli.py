@@ -21,6 +21,7 @@ import click
 from taskmill.errors import ConfigError
 from taskmill.errors import StorageUnavailable
 from taskmill.errors import TaskmillError
+from taskmill.models import TaskQuery
 
 __all__ = ["main", "cli", "EXIT_CONFIG", "EXIT_UNAVAILABLE"]
 
@@ -343,9 +344,8 @@ def show(task_id: str) -> None:
 def list_(status: str | None, type_: str | None, queue: str | None, tenant: str | None, limit: int) -> None:
     """List tasks, newest first."""
     rt = _runtime()
-    items, total = rt.storage.list_tasks(
-        {"status": status, "type": type_, "queue": queue, "tenant": tenant}, offset=0, limit=limit
-    )
+    query = TaskQuery(status=status, type=type_, queue=queue, tenant=tenant, limit=limit)
+    items, total = rt.storage.tasks.list(query)
     click.echo(f"{'id':<36}  {'status':<10} {'type':<20} {'queue':<12} {'attempts':>8}  created")
     for t in items:
         click.echo(
@@ -378,7 +378,7 @@ def queues() -> None:
     """Queues with their depth per state (and the broker's backlog)."""
     rt = _runtime()
     backlog = rt.broker.backlog()
-    for q in rt.storage.queue_stats(None):
+    for q in rt.storage.queues.stats(None):
         depth = ", ".join(f"{k}={v}" for k, v in sorted(q.depth.items())) or "empty"
         extra = f"  broker backlog={backlog.get(q.name, 0)}" if backlog else ""
         click.echo(f"{q.name:<20} {'paused' if q.paused else 'active':<7} {depth}{extra}")
@@ -388,7 +388,7 @@ def queues() -> None:
 def workers() -> None:
     """Live workers."""
     rt = _runtime()
-    for w in rt.storage.list_workers():
+    for w in rt.storage.workers.list():
         click.echo(
             f"{w.id:<40} queues={','.join(w.queues)} processed={w.processed} failed={w.failed} "
             f"last_heartbeat={w.last_heartbeat:%H:%M:%S} current={w.current_task or '-'}"

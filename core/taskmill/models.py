@@ -245,6 +245,7 @@ class TaskQuery:
     tag: str | None = None
     created_after: dt.datetime | None = None
     created_before: dt.datetime | None = None
+    workflow_id: uuid.UUID | None = None
     offset: int = 0
     limit: int = 50
 

@@ -110,6 +110,8 @@ class TaskReads:
             conds.append(tasks.c.type == q.type)
         if q.queue:
             conds.append(tasks.c.queue == q.queue)
+        if q.workflow_id:
+            conds.append(tasks.c.workflow_id == q.workflow_id)
         if q.created_after:
             conds.append(tasks.c.created_at >= q.created_after)
         if q.created_before:

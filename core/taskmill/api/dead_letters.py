@@ -19,8 +19,10 @@ from taskmill.api.tasks import MAX_PAGE_SIZE
 from taskmill.api.tasks import PAGE_SIZE
 from taskmill.api.tasks import page_bounds
 from taskmill.app import get_runtime
+from taskmill.models import DeadLetterQuery
 from taskmill.models import Role
 from taskmill.models import Task
+from taskmill.models import TaskQuery
 from taskmill.models import TaskStatus
 
 __all__ = ["blp"]
@@ -45,9 +47,10 @@ class DeadLetters(MethodView):
     @documents_errors(blp, 401, 403, 503)
     def get(self, filters: dict[str, Any], pagination_parameters: Any) -> list[Task]:
         """List failed tasks, newest first"""
-        query = {**filters, "status": TaskStatus.FAILED, "tenant": scope_tenant()}
         offset, limit = page_bounds(pagination_parameters)
-        items, total = get_runtime().storage.list_tasks(query, offset=offset, limit=limit)
+        tenant = scope_tenant()
+        query = TaskQuery(**filters, status=TaskStatus.FAILED, tenant=tenant, offset=offset, limit=limit)
+        items, total = get_runtime().storage.tasks.list(query)
         pagination_parameters.item_count = total
         return items
 
@@ -70,7 +73,8 @@ class Requeue(MethodView):
         if "ids" in data:
             ids = list(dict.fromkeys(data["ids"]))
         else:
-            ids = runtime.storage.find_failed({**data["filter"], "tenant": tenant}, limit=MAX_REQUEUE)
+            query = DeadLetterQuery(**data["filter"], tenant=tenant, limit=MAX_REQUEUE)
+            ids = runtime.storage.tasks.find_failed(query)
         tasks = runtime.lifecycle.requeue_dead_letters(ids, tenant)
         audit(
             "dead_letters.requeue",

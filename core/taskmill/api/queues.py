@@ -34,10 +34,10 @@ def _checked_name(name: str) -> str:
 
 def _set_paused(name: str, paused: bool) -> QueueInfo:
     storage = get_runtime().storage
-    storage.set_queue_paused(_checked_name(name), paused)
+    storage.queues.set_paused(_checked_name(name), paused)
     audit("queue.pause" if paused else "queue.resume", name)
     tenant = scope_tenant()
-    for info in storage.queue_stats(tenant):
+    for info in storage.queues.stats(tenant):
         if info.name == name:
             return info
     return QueueInfo(name=name, paused=paused)
@@ -54,7 +54,7 @@ class Queues(MethodView):
 
         Depth per state counts the caller's tenant (an admin's: every tenant).
         """
-        return get_runtime().storage.queue_stats(scope_tenant())
+        return get_runtime().storage.queues.stats(scope_tenant())
 
 
 @blp.route("/<name>/pause")

@@ -28,6 +28,7 @@ from taskmill.errors import TaskNotFound
 from taskmill.errors import ValidationError
 from taskmill.models import Role
 from taskmill.models import Task
+from taskmill.models import TaskQuery
 from taskmill.serialize import task_to_dict
 
 __all__ = ["blp", "TaskIdConverter", "parse_task_id", "location_of", "page_bounds"]
@@ -116,9 +117,9 @@ class Tasks(MethodView):
 
         Filters combine; ``created_after`` is inclusive, ``created_before`` exclusive.
         """
-        query = {**filters, "tenant": scope_tenant()}
         offset, limit = page_bounds(pagination_parameters)
-        items, total = get_runtime().storage.list_tasks(query, offset=offset, limit=limit)
+        query = TaskQuery(**filters, tenant=scope_tenant(), offset=offset, limit=limit)
+        items, total = get_runtime().storage.tasks.list(query)
         pagination_parameters.item_count = total
         return items
 

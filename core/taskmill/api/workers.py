@@ -36,7 +36,7 @@ def _visible(ids: list[str], tenant: str | None) -> set[str]:
             parsed.append(uuid.UUID(value))
         except ValueError:
             continue
-    found = get_runtime().storage.get_tasks(parsed, tenant=tenant) if parsed else []
+    found = get_runtime().storage.tasks.get_many(parsed, tenant=tenant) if parsed else []
     return {str(t.id) for t in found}
 
 
@@ -52,7 +52,7 @@ class Workers(MethodView):
         ``current_task`` is the first running task, ``current_tasks`` all of them; a non-admin
         sees only the ids of their own tenant's tasks.
         """
-        workers = get_runtime().storage.list_workers()
+        workers = get_runtime().storage.workers.list()
         tenant = scope_tenant()
         running = {w.id: running_ids(w) for w in workers}
         visible = _visible(sorted({i for ids in running.values() for i in ids}), tenant)
