@@ -7,9 +7,15 @@ manager re-publishes from the database whatever RabbitMQ may have lost. See ``do
 from __future__ import annotations
 
 from taskmill import hookimpl
-from taskmill import hookspecs as _hookspecs
+from taskmill_rabbitmq.settings import RABBITMQ_SETTINGS
 
-__all__ = ["taskmill_brokers"]
+__all__ = ["taskmill_brokers", "taskmill_settings", "RABBITMQ_SETTINGS"]
+
+
+@hookimpl
+def taskmill_settings() -> list[object]:
+    """Declare ``TASKMILL_RABBITMQ_*``."""
+    return [RABBITMQ_SETTINGS]
 
 
 @hookimpl
@@ -22,15 +28,3 @@ def taskmill_brokers() -> list[type]:
     from taskmill_rabbitmq.broker import RabbitBroker
 
     return [RabbitBroker]
-
-
-if hasattr(_hookspecs, "taskmill_settings"):  # core's plugin settings (declared once core has the hook)
-
-    @hookimpl
-    def taskmill_settings() -> list[object]:
-        """Declare ``TASKMILL_RABBITMQ_*``."""
-        from taskmill_rabbitmq.settings import SPEC
-
-        return [SPEC]
-
-    __all__ += ["taskmill_settings"]

@@ -35,16 +35,16 @@ import pika
 import pika.exceptions
 
 from taskmill import hookimpl
-from taskmill.errors import BrokerUnavailable
-from taskmill.interfaces import Broker
-from taskmill.models import Task
-from taskmill.models import utcnow
+from taskmill.plugin_api import Broker
+from taskmill.plugin_api import BrokerUnavailable
+from taskmill.plugin_api import Task
+from taskmill.plugin_api import WorkerOptions
+from taskmill.plugin_api import utcnow
 from taskmill_rabbitmq import topology
 from taskmill_rabbitmq.consumer import RabbitConsumer
 from taskmill_rabbitmq.publisher import Message
 from taskmill_rabbitmq.publisher import Publisher
 from taskmill_rabbitmq.publisher import new_message_id
-from taskmill_rabbitmq.settings import read_settings
 
 __all__ = ["RabbitBroker"]
 
@@ -66,7 +66,7 @@ class RabbitBroker(Broker):
 
     def __init__(self, url: str, settings: Any, runtime: Any) -> None:
         super().__init__(url, settings, runtime)
-        self.options = read_settings(runtime, settings)
+        self.options = runtime.plugin_settings("rabbitmq")
         self.redacted_url = topology.redact(url)
         self.publisher = Publisher(
             self.parameters,
@@ -186,7 +186,7 @@ class RabbitBroker(Broker):
         )
 
     # -- workers ----------------------------------------------------------------------------------------
-    def run_worker(self, options: Any) -> None:
+    def run_worker(self, options: WorkerOptions) -> None:
         """Core's worker loop over :meth:`consumer` (the concurrency sizes the prefetch window)."""
         self._concurrency = int(options.concurrency)
         super().run_worker(options)

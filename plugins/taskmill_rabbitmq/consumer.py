@@ -43,25 +43,9 @@ from typing import Any
 import pika
 import pika.exceptions
 
-from taskmill.errors import BrokerUnavailable
+from taskmill.plugin_api import BrokerUnavailable
+from taskmill.plugin_api import Delivery
 from taskmill_rabbitmq import topology
-
-try:  # the transport contract; plugins get it from the plugin API
-    from taskmill.plugin_api import Delivery
-except ImportError:  # pragma: no cover - until the plugin API re-exports it
-    try:
-        from taskmill.worker.transport import Delivery
-    except ImportError:
-        import dataclasses as _dc
-        import uuid as _uuid
-
-        @_dc.dataclass(frozen=True)
-        class Delivery:  # type: ignore[no-redef]  # the contract's shape, until core's lands
-            task_id: _uuid.UUID
-            queue: str
-            token: Any = None
-            task: Any = None
-
 
 __all__ = ["RabbitConsumer"]
 

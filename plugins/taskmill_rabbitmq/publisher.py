@@ -38,7 +38,7 @@ import pika
 from pika.adapters.select_connection import IOLoop
 from pika.adapters.select_connection import SelectConnection
 
-from taskmill.errors import BrokerUnavailable
+from taskmill.plugin_api import BrokerUnavailable
 from taskmill_rabbitmq import topology
 
 __all__ = ["Publisher", "Message", "Unroutable"]

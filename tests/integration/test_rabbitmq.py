@@ -500,3 +500,26 @@ def test_amqps_verifies_the_server_certificate_by_default(tmp_path: Path) -> Non
     finally:
         listener.close()
     assert handshakes[:2] == ["refused", "ok"]
+
+
+def test_plugin_settings_are_declared_and_checked(tmp_path: Path) -> None:
+    from taskmill.config import load_settings
+    from taskmill.errors import ConfigError
+    from taskmill.runtime import build_runtime
+
+    env = {
+        "TASKMILL_DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}",
+        "TASKMILL_BROKER_URL": "amqps://u:p@rabbit.example:5671/v",
+        "TASKMILL_RABBITMQ_HEARTBEAT": "7",
+    }
+    rt = build_runtime(load_settings(environ=env))
+    try:
+        assert rt.broker.options.heartbeat == 7 and rt.broker.options.verify is True
+        assert rt.broker.parameters("t").heartbeat == 7
+        assert "p@" not in rt.broker.redacted_url
+    finally:
+        rt.close()
+    for key, value in (("HEARTBEAT", "often"), ("CA_FILE", str(tmp_path / "missing.pem"))):
+        with pytest.raises(ConfigError) as info:
+            build_runtime(load_settings(environ={**env, f"TASKMILL_RABBITMQ_{key}": value}))
+        assert f"TASKMILL_RABBITMQ_{key}" in str(info.value)
