@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 import time
 import uuid
@@ -331,3 +332,34 @@ def test_empty_states_read_well(web: Secured) -> None:
     assert "No task yet" in client.get("/dashboard/tasks").text
     assert "No dead letter" in client.get("/dashboard/dead-letters").text
     assert "No worker is running" in client.get("/dashboard/workers").text
+
+
+def _first_chunks(response: Any, wanted: str, limit: int = 50) -> str:
+    seen = ""
+    for _, chunk in zip(range(limit), response.response, strict=False):
+        seen += chunk.decode() if isinstance(chunk, bytes) else chunk
+        if wanted in seen:
+            break
+    return seen
+
+
+def test_event_streams_follow_the_sessions_tenant(web: Secured) -> None:
+    mine = web.submit("acme")
+    theirs = web.submit("other")
+    client = sign_in(web, "viewer")
+    assert client.get(f"/dashboard/events?task_id={theirs.id}").status_code == 404
+    r = client.get("/dashboard/events?view=overview", buffered=False)
+    try:
+        assert r.status_code == 200 and r.mimetype == "text/event-stream"
+        text = _first_chunks(r, "event: overview")
+        data = json.loads(text.split("event: overview\ndata: ", 1)[1].split("\n", 1)[0])
+        assert [q["depth"]["queued"] for q in data["queues"]] == [1]  # acme's task only
+    finally:
+        r.close()
+    r = client.get(f"/dashboard/events?task_id={mine.id}", buffered=False)
+    try:
+        assert r.status_code == 200
+        web.runtime.lifecycle.cancel(mine.id, None)
+        assert "event: task.cancelled" in _first_chunks(r, "event: task.cancelled")
+    finally:
+        r.close()

@@ -20,6 +20,7 @@ SAME_AS_API = {
     "dashboard.tasks": ("GET", "/api/v1/tasks", ""),
     "dashboard.task": ("GET", "/api/v1/tasks/<taskid:task_id>", ""),
     "dashboard.live_task": ("GET", "/api/v1/tasks/<taskid:task_id>", ""),
+    "dashboard.events": ("GET", "/api/v1/events", ""),
     "dashboard.cancel": ("DELETE", "/api/v1/tasks/<taskid:task_id>", ""),
     "dashboard.retry": ("POST", "/api/v1/tasks/<taskid:task_id>/retry", ""),
     "dashboard.submit": ("POST", "/api/v1/tasks", ""),

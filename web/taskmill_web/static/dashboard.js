@@ -156,7 +156,7 @@
     if (chart) {
       try { drawChart(chart, JSON.parse(chart.getAttribute("data-series"))); } catch (e) { /* keep the page */ }
     }
-    poll(url, function (data) {
+    function show(data) {
       var queues = document.getElementById("queues-table");
       var workers = document.getElementById("workers-table");
       if (queues) { renderQueues(queues, data.queues, tasksUrl); }
@@ -164,7 +164,30 @@
       if (chart) { drawChart(chart, data.series); }
       var gen = document.querySelector("[data-generated]");
       if (gen) { gen.textContent = data.generated_at || "—"; }
-    }, status);
+    }
+    follow(section.getAttribute("data-events"), function (source) {
+      source.addEventListener("overview", function (ev) {
+        if (status) { status.textContent = "Live (stream) · updated " + new Date().toLocaleTimeString(); }
+        show(JSON.parse(ev.data));
+      });
+    }, function () { poll(url, show, status); });
+  }
+
+  /* ---- server-sent events, with polling when the stream is unavailable --------------------- */
+  var openSource = null;
+  function follow(eventsUrl, listen, fallback) {
+    if (!eventsUrl || !window.EventSource) { fallback(); return; }
+    if (openSource) { openSource.close(); }
+    var source = new EventSource(eventsUrl, { withCredentials: true });
+    openSource = source;
+    var fellBack = false;
+    listen(source);
+    source.onerror = function () {
+      if (source.readyState === EventSource.CLOSED && !fellBack) {  // refused (503, 401, …): poll
+        fellBack = true;
+        fallback();
+      }
+    };
   }
 
   /* ---- one task ----------------------------------------------------------------------------- */
@@ -182,6 +205,7 @@
         }
       });
   }
+  function stateKey(t) { return [t.status, t.attempts, String(t.cancel_requested), t.worker || ""].join("|"); }
   function startTask(head) {
     var url = head.getAttribute("data-live-task");
     var status = document.querySelector("[data-live-status]");
@@ -190,8 +214,30 @@
       return;
     }
     var last = head.getAttribute("data-state");
+    var changes = ["task.submitted", "task.started", "task.retry_scheduled", "task.completed",
+      "task.failed", "task.cancelled", "task.requeued"];
+    follow(head.getAttribute("data-events"), function (source) {
+      source.onopen = function () {
+        if (status) { status.textContent = "Live (stream)"; }
+        // whatever changed between the page and the stream's start: compare once
+        fetch(url, { credentials: "same-origin" }).then(function (r) { return r.ok ? r.json() : null; })
+          .then(function (t) { if (t && stateKey(t) !== last) { source.close(); swapMain(); } });
+      };
+      source.addEventListener("task.progress", function (ev) {
+        var t = JSON.parse(ev.data);
+        var bar = document.querySelector("[data-field=progress]");
+        if (bar) { bar.value = t.progress || 0; }
+        var text = document.querySelector("[data-field=progress-text]");
+        if (text) { text.textContent = Math.round((t.progress || 0) * 100) + "%"; }
+      });
+      changes.forEach(function (name) {
+        source.addEventListener(name, function () { source.close(); swapMain(); });
+      });
+    }, function () { pollTask(url, last, status); });
+  }
+  function pollTask(url, last, status) {
     poll(url, function (t) {
-      var key = [t.status, t.attempts, String(t.cancel_requested), t.worker || ""].join("|");
+      var key = stateKey(t);
       var bar = document.querySelector("[data-field=progress]");
       if (bar) { bar.value = t.progress || 0; }
       var text = document.querySelector("[data-field=progress-text]");
