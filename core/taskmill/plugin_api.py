@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers; at run time names res
     from taskmill.api.auth import current_principal
     from taskmill.api.auth import public
     from taskmill.api.auth import requires
+    from taskmill.api.auth import scope_tenant
     from taskmill.api.blueprint import Blueprint
     from taskmill.api.errors import documents_errors
     from taskmill.api.schemas import UtcDateTime
@@ -149,6 +150,7 @@ __all__ = [
     "public",
     "audit",
     "current_principal",
+    "scope_tenant",
     "documents_errors",
     "get_runtime",
     "page_bounds",
@@ -215,6 +217,7 @@ _WHERE: dict[str, str] = {
     "public": "taskmill.api.auth",
     "audit": "taskmill.api.auth",
     "current_principal": "taskmill.api.auth",
+    "scope_tenant": "taskmill.api.auth",
     "documents_errors": "taskmill.api.errors",
     "get_runtime": "taskmill.app",
     "page_bounds": "taskmill.api.tasks",

@@ -6,6 +6,8 @@ Registered through the ``taskmill`` entry-point group exactly as a third-party p
 
 from __future__ import annotations
 
+from typing import Any
+
 from taskmill import HandlerSpec
 from taskmill import hookimpl
 from taskmill.plugin_api import SettingsSpec
@@ -27,6 +29,7 @@ __all__ = [
     "taskmill_task_event",
     "webhook_handler",
     "taskmill_settings",
+    "taskmill_app",
     "WEBHOOK_SETTINGS",
     "HTTP_SETTINGS",
 ]
@@ -36,6 +39,15 @@ __all__ = [
 def taskmill_settings() -> list[SettingsSpec]:
     """Declare ``TASKMILL_WEBHOOK_*`` and ``TASKMILL_HTTP_*``."""
     return [WEBHOOK_SETTINGS, HTTP_SETTINGS]
+
+
+@hookimpl
+def taskmill_app(app: Any) -> None:
+    """Register ``GET /api/v1/tasks/{id}/deliveries`` (a task's webhook deliveries)."""
+    from taskmill.plugin_api import register_blueprint
+    from taskmill_handlers.deliveries import blp
+
+    register_blueprint(app, blp)
 
 
 @hookimpl

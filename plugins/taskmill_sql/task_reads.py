@@ -100,6 +100,19 @@ class TaskReads:
         with self.db.one() as conn:
             return self.with_deps(conn, conn.execute(stmt).all())
 
+    def by_keys(self, tenant: str, keys: Sequence[str]) -> list[Task]:
+        """The tasks of ``tenant`` carrying these idempotency keys (exact lookups on the unique
+        index; a task's webhook deliveries are found this way), oldest first."""
+        if not keys:
+            return []
+        stmt = (
+            select(tasks)
+            .where(tasks.c.tenant == tenant, tasks.c.idempotency_key.in_(list(keys)))
+            .order_by(tasks.c.created_at, tasks.c.seq)
+        )
+        with self.db.one() as conn:
+            return self.with_deps(conn, conn.execute(stmt).all())
+
     def _filters(self, q: TaskQuery) -> list[Any]:
         conds = []
         if q.tenant is not None:
