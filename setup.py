@@ -48,7 +48,7 @@ setup(
         "limits>=3.13,<6",
         "pyjwt[crypto]>=2.8,<3",
         "cryptography>=42,<49",  # Fernet: the dashboard session's encrypted credential
-        "rq>=2.0,<3",
+        "rq>=2.12,<2.13",  # taskmill_redis overrides public RQ worker methods: tested on 2.12 only
         "redis>=5,<9",
         "pika>=1.4,<1.5",
     ],

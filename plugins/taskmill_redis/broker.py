@@ -1,13 +1,18 @@
 """The Redis broker: RQ carries task ids, PostgreSQL stays the source of truth.
 
-``publish`` writes each task's RQ job (id = task id, ``execute(task_id)``) and pushes its id on
-the RQ queue of its priority, all in one pipeline round trip. If Redis is down it raises
-:class:`~taskmill.errors.BrokerUnavailable`; the lifecycle logs it and the API still answers 201
-(the task is committed and queued in the database), and the manager's ``republish_lost``
-publishes it once Redis answers again. ``republish_lost`` publishes only the tasks whose job
-Redis no longer holds (a restart without persistence, a crash between commit and publish); a
-duplicate delivery is harmless because ``lifecycle.start`` is a conditional queued → running
-write.
+``publish`` writes each task's RQ job (id = task id, ``taskmill_redis.jobs.execute(task_id)``),
+pushes its id on the RQ list of its priority and rings its queue's bell, in one pipeline round
+trip. If Redis is down it raises :class:`~taskmill.errors.BrokerUnavailable`; the lifecycle logs
+it and the API still answers 201 (the task is committed and queued in the database).
+
+Nothing accepted is lost (see :mod:`taskmill_redis.reliable`): a task queued in the database is
+in a list, in a worker's in-flight list, or in no Redis list at all. ``republish_lost`` (the
+manager, for queued tasks older than the re-publish delay) returns the in-flight entries of
+workers no longer registered to the front of their lists, then publishes again every given task
+it finds in no list (a Redis restart or ``FLUSHALL``, a crash between commit and publish, a
+delivery dropped because its queue was paused). Tasks of paused queues are left alone until
+``queue_resumed``. A duplicate is harmless: ``lifecycle.start`` is a conditional queued → running
+write, so only one delivery runs.
 """
 
 from __future__ import annotations
@@ -17,18 +22,24 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis.exceptions import RedisError
-from rq.command import send_command
 from rq.job import Job
 from rq.queue import Queue
 
-from taskmill.errors import BrokerUnavailable
-from taskmill.interfaces import Broker
-from taskmill.models import Task
-from taskmill.worker import WorkerOptions
+from taskmill.plugin_api import Broker
+from taskmill.plugin_api import BrokerUnavailable
+from taskmill.plugin_api import Task
+from taskmill.plugin_api import WorkerOptions
+from taskmill.plugin_api import utcnow
+from taskmill_redis.factory import PRIORITIES
 from taskmill_redis.factory import connect
 from taskmill_redis.factory import make_job
 from taskmill_redis.factory import rq_queue_name
 from taskmill_redis.factory import split_rq_queue_name
+from taskmill_redis.reliable import BELL_MAX
+from taskmill_redis.reliable import INFLIGHT_PREFIX
+from taskmill_redis.reliable import bell_key
+from taskmill_redis.reliable import parse_entry
+from taskmill_redis.reliable import reclaim
 
 __all__ = ["RedisBroker"]
 
@@ -69,56 +80,111 @@ class RedisBroker(Broker):
         try:
             with conn.pipeline(transaction=False) as pipe:
                 keys: set[str] = set()
+                rings: dict[str, int] = {}
                 for task in tasks:
                     job = make_job(task, conn)
                     job.save(pipeline=pipe)
                     key = _QUEUE_PREFIX + rq_queue_name(task.queue, task.priority)
                     pipe.rpush(key, job.id)
                     keys.add(key)
+                    rings[task.queue] = rings.get(task.queue, 0) + 1
+                for queue, n in rings.items():
+                    pipe.rpush(bell_key(queue), *(["1"] * min(n, BELL_MAX)))
+                    pipe.ltrim(bell_key(queue), -BELL_MAX, -1)
                 pipe.sadd(_ALL_QUEUES, *sorted(keys))
                 pipe.execute()
         except RedisError as exc:
             raise BrokerUnavailable(f"redis unavailable: {exc}") from None
 
     def republish_lost(self, tasks: Sequence[Task]) -> int:
-        """Publish those queued tasks whose RQ job Redis no longer holds.
+        """Publish those queued tasks that are in no Redis list.
 
-        A job's hash exists from publish until a worker takes it, so a missing hash means Redis
-        lost it (or a worker took it moments ago; publishing again is then harmless, because
-        only one delivery can move the task from queued to running).
+        First the in-flight lists of workers that are no longer registered in the database
+        (their lease ended) go back to the front of their lists; then the lists of the tasks'
+        queues and every in-flight list are read (lists first: an id moving from a list to an
+        in-flight list between the two reads is seen in the second), and the tasks found in
+        none are published again. Tasks of paused queues are skipped (``queue_resumed``).
 
         Raises:
             BrokerUnavailable: Redis cannot be reached.
         """
         if not tasks:
             return 0
+        paused = self._paused()
+        tasks = [t for t in tasks if t.queue not in paused]
+        if not tasks:
+            return 0
         try:
-            with self.connection.pipeline(transaction=False) as pipe:
-                for task in tasks:
-                    pipe.exists(_JOB_PREFIX + str(task.id))
-                held = pipe.execute()
+            self.reclaim_dead()
+            held = self._held({t.queue for t in tasks})
         except RedisError as exc:
             raise BrokerUnavailable(f"redis unavailable: {exc}") from None
-        lost = [t for t, present in zip(tasks, held, strict=True) if not present]
+        lost = sorted(
+            (t for t in tasks if str(t.id) not in held), key=lambda t: (-t.priority, t.queued_at or utcnow())
+        )
         if lost:
             self.publish(lost)
-            logger.warning("re-published %s task(s) that Redis no longer held", len(lost))
+            logger.warning("re-published %s queued task(s) that were in no Redis list", len(lost))
         return len(lost)
+
+    def queue_resumed(self, name: str) -> int:
+        """Publish again the queued tasks of a resumed queue that are in no Redis list (workers
+        dropped their deliveries while it was paused), highest priority first."""
+        queued = [t for t in self.runtime.storage.stale_queued(utcnow(), 100_000) if t.queue == name]
+        return self.republish_lost(queued)
+
+    def reclaim_dead(self) -> int:
+        """Return the in-flight entries of workers not registered in the database to their lists.
+
+        Returns:
+            How many ids went back.
+        """
+        live = {w.id for w in self._workers()}
+        conn = self.connection
+        moved = 0
+        for key in conn.scan_iter(match=INFLIGHT_PREFIX + "*", count=500):
+            name = (key.decode() if isinstance(key, bytes) else key)[len(INFLIGHT_PREFIX) :]
+            if name not in live:
+                moved += reclaim(conn, INFLIGHT_PREFIX + name)
+        if moved:
+            logger.warning("returned %s id(s) taken by workers that are gone to their queues", moved)
+        return moved
+
+    def _held(self, queues: set[str]) -> set[str]:
+        """Ids in the priority lists of ``queues`` and in every in-flight list."""
+        conn = self.connection
+        with conn.pipeline(transaction=False) as pipe:
+            for q in sorted(queues):
+                for p in PRIORITIES:
+                    pipe.lrange(_QUEUE_PREFIX + rq_queue_name(q, p), 0, -1)
+            listed = pipe.execute()
+        ids = {(x.decode() if isinstance(x, bytes) else x) for ids in listed for x in ids}
+        inflight = list(conn.scan_iter(match=INFLIGHT_PREFIX + "*", count=500))
+        if inflight:
+            with conn.pipeline(transaction=False) as pipe:
+                for key in inflight:
+                    pipe.lrange(key, 0, -1)
+                entries = pipe.execute()
+            for group in entries:
+                for e in group:
+                    ids.add(parse_entry(e.decode() if isinstance(e, bytes) else e)[1])
+        return ids
+
+    def _paused(self) -> set[str]:
+        storage = self.runtime.storage
+        queues = getattr(storage, "queues", None)
+        return set(queues.paused() if queues is not None else storage.paused_queues())
+
+    def _workers(self) -> list[Any]:
+        storage = self.runtime.storage
+        workers = getattr(storage, "workers", None)
+        return list(workers.list() if workers is not None else storage.list_workers())
 
     # -- control -----------------------------------------------------------------------------------
     def request_cancel(self, task: Task) -> None:
-        """Send RQ's stop-job command to the worker running the task.
-
-        A forking worker kills the work-horse at once and records the task cancelled; a
-        SimpleWorker ignores the command and relies on the cancel flag plus the forced stop
-        after ``cancel_grace`` (see :mod:`taskmill_redis.worker`).
-        """
-        if not task.worker:
-            return
-        try:
-            send_command(self.connection, task.worker, "stop-job", job_id=str(task.id))
-        except RedisError as exc:
-            logger.warning("cannot send stop-job for task %s: %s", task.id, exc)
+        """Nothing to send: the worker's cancel watch reads the database flag (within half a
+        second), the handler stops cooperatively, and after ``cancel_grace`` the worker stops it
+        by force (see :mod:`taskmill_redis.worker`)."""
 
     def check(self) -> None:
         """Raise BrokerUnavailable unless Redis answers PING."""
@@ -145,6 +211,13 @@ class RedisBroker(Broker):
             assert parsed is not None
             out[parsed[0]] = out.get(parsed[0], 0) + int(n)
         return out
+
+    def timer(self) -> Any:
+        """rq-scheduler times schedule ticks and delayed tasks on this broker (the manager drains its
+        reminders; the database decides what fires): see :mod:`taskmill_redis.scheduler`."""
+        from taskmill_redis.scheduler import RedisTimer
+
+        return RedisTimer(self)
 
     def run_worker(self, options: WorkerOptions) -> None:
         """Run RQ workers (one in this process, or RQ's WorkerPool for ``concurrency`` > 1)."""

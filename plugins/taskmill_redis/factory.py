@@ -24,7 +24,7 @@ from rq.queue import Queue
 from rq.serializers import JSONSerializer
 from rq.utils import now
 
-from taskmill.models import Task
+from taskmill.plugin_api import Task
 
 __all__ = [
     "EXECUTE",

@@ -19,11 +19,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from taskmill.errors import BrokerUnavailable
-from taskmill.errors import StorageUnavailable
-from taskmill.interfaces import Broker
-from taskmill.models import Task
-from taskmill.worker.transport import Delivery
+from taskmill.plugin_api import Broker
+from taskmill.plugin_api import BrokerUnavailable
+from taskmill.plugin_api import Delivery
+from taskmill.plugin_api import StorageUnavailable
+from taskmill.plugin_api import Task
 
 __all__ = ["SqlBroker", "SqlConsumer", "CHANNEL"]
 

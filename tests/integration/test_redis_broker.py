@@ -68,10 +68,10 @@ class Env:
 
     def worker(self, queue: str, *more: str, **extra: str) -> subprocess.Popen[bytes]:
         """Start a worker on ``queue`` and wait until it is registered (a new worker id)."""
-        before = {w.id for w in self.rt.storage.list_workers()}
+        before = {w.id for w in self.rt.storage.workers.list()}
         proc = self.spawn("worker", "--queues", queue, *more, **extra)
         self.wait_for(
-            lambda: [w for w in self.rt.storage.list_workers() if queue in w.queues and w.id not in before],
+            lambda: [w for w in self.rt.storage.workers.list() if queue in w.queues and w.id not in before],
             20,
             "the worker to register",
         )
@@ -84,7 +84,7 @@ class Env:
 
     def get(self, task: Task | uuid.UUID) -> Task:
         tid = task.id if isinstance(task, Task) else task
-        found = self.rt.storage.get_task(tid)
+        found = self.rt.storage.tasks.get(tid)
         assert found is not None
         return found
 
@@ -165,6 +165,7 @@ def test_a_duplicate_delivery_does_not_run_the_task_twice(env: Env) -> None:
     env.rt.broker.publish([task])
     env.rt.broker.publish([task])
     assert env.rt.broker.backlog()[queue] == 3
+    assert env.rt.broker.republish_lost([task]) == 0, "it is in a list"
     proc = env.spawn("worker", "--queues", queue, "--concurrency", "1", "--burst")
     assert proc.wait(timeout=30) == 0, env.logs()
     done = env.get(task)
@@ -198,16 +199,64 @@ def test_cancel_stops_a_running_task(env: Env, worker_class: str) -> None:
     assert time.monotonic() - started < 5
 
 
-def test_pause_keeps_tasks_queued_and_resume_runs_them(env: Env) -> None:
+def test_pause_holds_from_the_moment_the_pause_call_returns(env: Env) -> None:
+    """A worker already blocked waiting for the queue takes a task submitted right after the
+    pause, and drops it: no task of a paused queue starts. Resume publishes the dropped tasks
+    again, and they run in priority order (FIFO within one)."""
     queue = q()
-    env.rt.storage.set_queue_paused(queue, True)
+    env.worker(queue, "--concurrency", "1")
+    warm = env.submit("echo", {}, queue=queue)
+    env.wait_status(warm, FINAL, 15)  # the worker is idle, blocked on the queue
+    env.rt.storage.queues.set_paused(queue, True)
+    prios = [1, 9, 5, 9, 1]
+    tasks = [env.submit("echo", {"i": i}, queue=queue, priority=p) for i, p in enumerate(prios)]
+    time.sleep(2.0)
+    for t in tasks:
+        held = env.get(t)
+        assert held.status.value == "queued" and held.attempts == 0, env.logs()
+    assert env.rt.broker.backlog().get(queue, 0) == 0, "the worker took and dropped the deliveries"
+    env.rt.storage.queues.set_paused(queue, False)
+    assert env.rt.broker.queue_resumed(queue) == len(tasks)
+    done = [env.wait_status(t, FINAL, 15) for t in tasks]
+    assert all(t.status.value == "completed" and t.attempts == 1 for t in done)
+    ran = [t.payload["i"] for t in sorted(done, key=lambda t: t.started_at)]
+    assert ran == [i for i, _ in sorted(enumerate(prios), key=lambda x: (-x[1], x[0]))]
+
+
+def test_a_task_taken_but_not_started_runs_once_the_taker_is_gone(env: Env) -> None:
+    """A worker killed between its take and the start leaves the id in its in-flight list (the
+    take is one Lua script, so there is no moment when the id is only in its memory). The
+    manager returns it to the queue once that worker is not registered, and it runs once."""
+    from taskmill_redis.factory import listen_order
+    from taskmill_redis.reliable import inflight_key
+    from taskmill_redis.reliable import take
+
+    queue = q()
+    task = env.submit("echo", {"x": 1}, queue=queue)
+    conn = env.rt.broker.connection
+    keys = [f"rq:queue:{name}" for name in listen_order([queue])]
+    got = take(conn, inflight_key("ghost-worker"), keys)
+    assert got is not None and got[1] == str(task.id)
+    assert env.rt.broker.backlog().get(queue, 0) == 0
     env.worker(queue)
+    time.sleep(1.0)
+    assert env.get(task).status.value == "queued", "nobody else can take it while it is in flight"
+    env.spawn("manager", TASKMILL_REPUBLISH_AFTER="1")
+    done = env.wait_status(task, FINAL, 20)
+    assert done.status.value == "completed" and done.attempts == 1
+    assert not conn.exists(inflight_key("ghost-worker"))
+
+
+def test_a_stale_job_hash_in_no_list_is_published_again(env: Env) -> None:
+    """Re-publish looks for tasks in no Redis list, not only for missing job hashes."""
+    queue = q()
     task = env.submit("echo", {}, queue=queue)
-    time.sleep(2.5)
-    assert env.get(task).status.value == "queued"
-    assert env.rt.broker.backlog()[queue] == 1
-    env.rt.storage.set_queue_paused(queue, False)
-    assert env.wait_status(task, FINAL, 10).status.value == "completed"
+    conn = env.rt.broker.connection
+    for key in conn.keys(f"rq:queue:{queue}:p*"):
+        conn.delete(key)  # the hash stays, the id is in no list
+    assert conn.exists(f"rq:job:{task.id}")
+    assert env.rt.broker.republish_lost([env.get(task)]) == 1
+    assert env.rt.broker.republish_lost([env.get(task)]) == 0, "now it is in a list"
 
 
 def test_workers_are_listed_with_heartbeats_and_counts(env: Env) -> None:
@@ -218,7 +267,7 @@ def test_workers_are_listed_with_heartbeats_and_counts(env: Env) -> None:
         env.wait_status(t, FINAL, 15)
 
     def counted() -> list[Any]:
-        ours = [w for w in env.rt.storage.list_workers() if queue in w.queues]
+        ours = [w for w in env.rt.storage.workers.list() if queue in w.queues]
         return ours if sum(w.processed for w in ours) == 6 else []
 
     workers = env.wait_for(counted, 15, "heartbeats with counts")  # a heartbeat is lease/6 = 5 s
@@ -226,7 +275,7 @@ def test_workers_are_listed_with_heartbeats_and_counts(env: Env) -> None:
     assert all(w.last_heartbeat is not None and w.current_task is None for w in workers)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=15) == 0, env.logs()
-    assert not [w for w in env.rt.storage.list_workers() if queue in w.queues], "workers unregister on exit"
+    assert not [w for w in env.rt.storage.workers.list() if queue in w.queues], "workers unregister on exit"
 
 
 # --- failures, delays, recovery -------------------------------------------------------------------------
@@ -298,6 +347,36 @@ def test_redis_restart_without_persistence_loses_no_task(env: Env) -> None:
         done = env.wait_status(t, FINAL, 60)
         assert done.status.value == "completed", done
         assert done.attempts == 1 or (done.error or {}).get("type") == "WorkerLost"
+
+
+@pytest.mark.slow
+def test_flushall_mid_run_loses_no_task(env: Env) -> None:
+    """FLUSHALL on the (private) Redis while workers drain: queue lists, job hashes and in-flight
+    lists are gone; the manager publishes again what is queued in the database, and every task
+    completes."""
+    queue = q()
+    fast = {"TASKMILL_REPUBLISH_AFTER": "1"}
+    env.worker(queue, "--concurrency", "2", **fast)
+    env.spawn("manager", **fast)
+    tasks = [env.submit("sleep", {"seconds": 0.05}, queue=queue) for _ in range(80)]
+    env.wait_for(lambda: env.get(tasks[5]).status.value in FINAL, 15, "the run to start")
+    env.rt.broker.connection.flushall()
+    for t in tasks:
+        done = env.wait_status(t, FINAL, 60)
+        assert done.status.value == "completed", done
+
+
+def test_progress_reaches_the_database_while_the_task_runs(env: Env) -> None:
+    queue = q()
+    env.worker(queue)
+    task = env.submit("sleep", {"seconds": 3}, queue=queue)
+    env.wait_status(task, {"running"}, 15)
+    seen = set()
+    while (t := env.get(task)).status.value == "running":
+        if t.progress:
+            seen.add(round(t.progress, 2))
+        time.sleep(0.1)
+    assert len([v for v in seen if 0 < v < 1]) >= 2, seen
 
 
 def test_submit_while_redis_is_down_is_published_later(env: Env, tmp_path: Path) -> None:

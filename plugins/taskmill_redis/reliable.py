@@ -1,0 +1,217 @@
+"""The reliable queue under RQ's loop: a job taken is never only in a worker's memory.
+
+RQ pops a job id with ``BLPOP`` (several priority lists) or, when it listens to exactly one
+list, ``BLMOVE``s it into a per-queue *intermediate* list that its maintenance later moves to the
+*failed* registry, not back to the queue (rq 2.12, ``intermediate_queue.py``). Neither survives a
+worker killed between the pop and the start of the task. Here each take is one Lua script that,
+atomically, pops the id from the first non-empty list (highest priority first) and appends
+``"<list key>|<job id>"`` to the worker's own in-flight list ``taskmill:inflight:<worker>``.
+The entry leaves the in-flight list only when the worker has committed the task's start in the
+database (or learnt that it must not start: a duplicate, a cancelled task, a paused queue), in
+the same pipeline that deletes the job's hash (:func:`settle`). So, at every instant, a task
+that is queued in the database is in a queue list, in some worker's in-flight list, or nowhere
+in Redis (dropped on purpose, Redis lost it) — and the manager's re-publish
+(:meth:`RedisBroker.republish_lost`) handles the last two: it moves the in-flight entries of
+workers that are no longer registered back to the front of their lists, and publishes again the
+queued tasks it finds in no list at all.
+
+A Lua script cannot block, so an idle worker blocks on its queues' *bells*: every publish rings
+a queue's bell (``taskmill:bell:<queue>``, one element per task, trimmed), a take silences one,
+and a blocked worker wakes on ``BLPOP`` of the bells, then takes with the script. Bells only
+wake; they never carry a task, so a lost or extra ring costs at most one empty take, and a
+blocked worker also tries a take every :data:`SAFETY_POLL` seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from collections.abc import Sequence
+from typing import Any
+
+from redis import Redis
+from rq.exceptions import DequeueTimeout
+from rq.exceptions import NoSuchJobError
+from rq.queue import Queue
+
+from taskmill_redis.factory import SERIALIZER
+from taskmill_redis.factory import split_rq_queue_name
+
+__all__ = [
+    "INFLIGHT_PREFIX",
+    "BELL_PREFIX",
+    "BELL_MAX",
+    "SAFETY_POLL",
+    "inflight_key",
+    "bell_key",
+    "entry_of",
+    "parse_entry",
+    "take",
+    "settle",
+    "give_back",
+    "reclaim",
+    "reliable_queue_class",
+]
+
+INFLIGHT_PREFIX = "taskmill:inflight:"
+BELL_PREFIX = "taskmill:bell:"
+BELL_MAX = 10_000
+"""Rings kept per bell (a bell only wakes; nobody needs more)."""
+SAFETY_POLL = 1.0
+"""Seconds a blocked worker waits for a bell before it tries a take anyway."""
+
+_TAKE = """
+local n = (#KEYS - 1) / 2
+for i = 2, n + 1 do
+  local id = redis.call('LPOP', KEYS[i])
+  if id then
+    redis.call('RPUSH', KEYS[1], KEYS[i] .. '|' .. id)
+    if ARGV[1] == '1' then redis.call('LPOP', KEYS[n + i]) end
+    return {KEYS[i], id}
+  end
+end
+return false
+"""
+
+_GIVE_BACK = """
+local moved = 0
+for i = 1, #ARGV do
+  if redis.call('LREM', KEYS[1], 1, ARGV[i]) > 0 then
+    local key, id = string.match(ARGV[i], '^(.*)|([^|]*)$')
+    redis.call('LPUSH', key, id)
+    moved = moved + 1
+  end
+end
+return moved
+"""
+
+_RECLAIM = """
+local entries = redis.call('LRANGE', KEYS[1], 0, -1)
+for i = #entries, 1, -1 do
+  local key, id = string.match(entries[i], '^(.*)|([^|]*)$')
+  if key then redis.call('LPUSH', key, id) end
+end
+redis.call('DEL', KEYS[1])
+return #entries
+"""
+
+
+def inflight_key(worker_name: str) -> str:
+    return INFLIGHT_PREFIX + worker_name
+
+
+def bell_key(queue: str) -> str:
+    """The bell of a taskmill queue."""
+    return BELL_PREFIX + queue
+
+
+def _bell_of_list(list_key: str) -> str:
+    name = list_key[len(Queue.redis_queue_namespace_prefix) :]
+    parsed = split_rq_queue_name(name)
+    return bell_key(parsed[0] if parsed else name)
+
+
+def entry_of(list_key: str, job_id: str) -> str:
+    """The in-flight entry of a job taken from ``list_key``."""
+    return f"{list_key}|{job_id}"
+
+
+def parse_entry(entry: str) -> tuple[str, str]:
+    """``(list key, job id)`` of an in-flight entry."""
+    key, _, job_id = entry.rpartition("|")
+    return key, job_id
+
+
+def take(
+    conn: Redis, inflight: str, list_keys: Sequence[str], silence: bool = True
+) -> tuple[str, str] | None:
+    """Move the first job id of the first non-empty list into ``inflight``, atomically.
+
+    Returns:
+        ``(list key, job id)``, or None when every list is empty.
+    """
+    bells = [_bell_of_list(k) for k in list_keys]
+    got = conn.eval(_TAKE, 1 + 2 * len(list_keys), inflight, *list_keys, *bells, "1" if silence else "0")
+    if not got:
+        return None
+    key, job_id = (x.decode() if isinstance(x, bytes) else x for x in got)
+    return key, job_id
+
+
+def settle(conn: Redis, inflight: str, entry: str, job_key: str, pipeline: Any = None) -> None:
+    """Forget a taken job: its start is committed (or it must not start). One round trip."""
+    pipe = pipeline if pipeline is not None else conn.pipeline(transaction=False)
+    pipe.lrem(inflight, 1, entry)
+    pipe.delete(job_key)
+    if pipeline is None:
+        pipe.execute()
+
+
+def give_back(conn: Redis, inflight: str, entries: Iterable[str]) -> int:
+    """Put taken jobs back at the front of their lists (their start could not be recorded)."""
+    entries = list(entries)
+    if not entries:
+        return 0
+    return int(conn.eval(_GIVE_BACK, 1, inflight, *entries))
+
+
+def reclaim(conn: Redis, inflight: str) -> int:
+    """Return every entry of a (dead) worker's in-flight list to the front of its list."""
+    return int(conn.eval(_RECLAIM, 1, inflight))
+
+
+def reliable_queue_class(worker_name: str) -> type[Queue]:
+    """An RQ ``queue_class`` whose ``dequeue_any`` takes through this worker's in-flight list."""
+    return type("TaskmillQueue", (ReliableQueue,), {"inflight": inflight_key(worker_name)})
+
+
+class ReliableQueue(Queue):
+    """RQ's Queue with a reliable ``dequeue_any`` (set as the worker's ``queue_class``)."""
+
+    inflight = ""
+    #: the in-flight entry of the job this process took last (read by the worker to settle it)
+    last_entry: str | None = None
+
+    @classmethod
+    def dequeue_any(  # type: ignore[override]
+        cls,
+        queues: Iterable[Queue],
+        timeout: int | None,
+        connection: Redis,
+        job_class: Any = None,
+        serializer: Any = None,
+        death_penalty_class: Any = None,
+    ) -> tuple[Any, Queue] | None:
+        """Take the next job of ``queues`` (in order) into the in-flight list.
+
+        ``timeout`` None: do not block (burst). Otherwise block up to ``timeout`` seconds on the
+        queues' bells, trying a take after each ring and every :data:`SAFETY_POLL` seconds.
+
+        Raises:
+            DequeueTimeout: nothing arrived within ``timeout``.
+        """
+        queues = list(queues)
+        keys = [q.key for q in queues]
+        bells = sorted({_bell_of_list(k) for k in keys})
+        deadline = None if timeout is None else time.monotonic() + timeout
+        silence = True
+        while True:
+            got = take(connection, cls.inflight, keys, silence)
+            if got is not None:
+                key, job_id = got
+                queue = next(q for q in queues if q.key == key)
+                cls.last_entry = entry_of(key, job_id)
+                try:
+                    job = queue.job_class.fetch(job_id, connection=connection, serializer=SERIALIZER)
+                except NoSuchJobError:
+                    # the hash is gone (Redis lost it): the database still has the task queued
+                    settle(connection, cls.inflight, cls.last_entry, queue.job_class.key_for(job_id))
+                    continue
+                return job, queue
+            if deadline is None:
+                return None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DequeueTimeout(timeout, keys)
+            rang = connection.blpop(bells, max(0.01, min(SAFETY_POLL, left)))
+            silence = rang is None  # a ring taken by BLPOP is already silenced
