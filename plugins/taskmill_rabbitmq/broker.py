@@ -44,7 +44,6 @@ from taskmill_rabbitmq import topology
 from taskmill_rabbitmq.consumer import RabbitConsumer
 from taskmill_rabbitmq.publisher import Message
 from taskmill_rabbitmq.publisher import Publisher
-from taskmill_rabbitmq.publisher import new_message_id
 
 __all__ = ["RabbitBroker"]
 
@@ -174,7 +173,7 @@ class RabbitBroker(Broker):
                     properties=pika.BasicProperties(
                         content_type=topology.CONTENT_TYPE,
                         delivery_mode=pika.DeliveryMode.Persistent,
-                        message_id=new_message_id(),
+                        message_id=f"dead-letter:{t.id}:{t.attempts}",  # the same on a repeat
                         correlation_id=str(t.id),
                         type=topology.DEAD_LETTER_MESSAGE_TYPE,
                         app_id="taskmill",

@@ -28,7 +28,6 @@ import os
 import random
 import threading
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
@@ -415,8 +414,3 @@ class Publisher:
             batch.finish(BrokerUnavailable("rabbitmq refused the messages (nack)"))
         else:
             batch.finish()
-
-
-def new_message_id() -> str:
-    """A unique message id for messages that are not tasks."""
-    return uuid.uuid4().hex
