@@ -343,26 +343,43 @@ class SqlTaskStore(TaskReads):
         params = {"rows": raw, "now": now, "from_state": from_state.value, "ids": [p["id"] for p in payload]}
         return [row_to_task(r) for r in conn.execute(stmt, params)]
 
-    def _finish_sqlite(self, conn, cols, by_worker, group, from_state, now) -> list[Task]:  # noqa: ANN001
-        out = []
-        conds = [tasks.c.id == bindparam("b_id"), tasks.c.status == from_state.value]
-        if by_worker:
-            conds.append(tasks.c.worker == bindparam("b_worker"))
-        stmt = (
-            update(tasks)
-            .where(*conds)
-            .values({**{c: bindparam(f"b_{c}", type_=tasks.c[c].type) for c in cols}, "updated_at": now})
-            .returning(tasks)
+    @functools.lru_cache(maxsize=64)  # noqa: B019 - one storage per process; keys are few
+    def _finish_sqlite_stmt(self, cols: tuple[str, ...], by_worker: bool) -> Any:
+        # SQLite ≥ 3.38: ``->`` keeps JSON (result, error), ``->>`` gives SQL values
+        sets = ", ".join(f"{c} = r.v {'->' if c in ('result', 'error') else '->>'} '$.{c}'" for c in cols)
+        worker_cond = " AND tasks.worker = r.v ->> '$.worker'" if by_worker else ""
+        sql = (
+            f"UPDATE tasks SET {sets}, updated_at = :now "
+            "FROM (SELECT value AS v FROM json_each(:rows)) AS r "
+            f"WHERE tasks.id = r.v ->> '$.id' AND tasks.status = :from_state{worker_cond} "
+            f"RETURNING {', '.join(c.name for c in tasks.c)}"  # SQLite refuses ``tasks.*`` here
         )
+        return text(sql).columns(*tasks.c).bindparams(bindparam("now", type_=UTCDateTime()))
+
+    def _finish_sqlite(self, conn, cols, by_worker, group, from_state, now) -> list[Task]:  # noqa: ANN001
+        """One ``UPDATE … FROM json_each(:rows)`` for the group, as on PostgreSQL."""
+        stmt = self._finish_sqlite_stmt(tuple(cols), by_worker)
+        payload = []
         for row in group:
-            params = {"b_id": row["id"]}
+            item = {"id": row["id"].hex}  # how SQLAlchemy stores a UUID on SQLite
             for c in cols:
                 v = row[c]
-                params[f"b_{c}"] = v.value if isinstance(v, TaskStatus) else v
+                if isinstance(v, TaskStatus):
+                    v = v.value
+                elif isinstance(v, dt.datetime):
+                    v = v.astimezone(dt.UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+                item[c] = v
             if by_worker:
-                params["b_worker"] = row["worker"]
-            out.extend(row_to_task(r) for r in conn.execute(stmt, params))
-        return out
+                item["worker"] = row["worker"]
+            payload.append(item)
+        try:
+            raw = json.dumps(payload, default=_json_default, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise StorageError(f"result is not JSON: {exc}") from None
+        return [
+            row_to_task(r)
+            for r in conn.execute(stmt, {"rows": raw, "now": now, "from_state": from_state.value})
+        ]
 
     # ---- claims and starts -------------------------------------------------------------------
     def _picked(self, pick: Any, status: str) -> list[Any]:
