@@ -8,7 +8,8 @@ then count what was lost.
 It starts the api (``taskmill api``, gunicorn), a manager and ``--workers`` worker processes
 (``taskmill worker``) on a scratch PostgreSQL database (created on the server of
 ``--database-url`` and dropped afterwards) and, for ``--broker redis``, on a private
-``redis-server`` (unless ``--broker-url`` names one). A submitter thread sends the tasks as a mix of
+``redis-server`` (unless ``--broker-url`` names one); for ``--broker amqp`` in a vhost of its own
+(``rabbitmqctl``) on the server of ``--broker-url``. A submitter thread sends the tasks as a mix of
 batches and single submits; meanwhile a random worker process and its children are SIGKILLed each
 time another 1/(K+1) of the tasks has finished, and a replacement is started at once. Then it
 waits (printing progress) until every task is final or ``--deadline`` passes, and prints:
@@ -193,7 +194,8 @@ def _database(cfg: FaultConfig, scratch: Path, token: str) -> Iterator[str]:
 @contextmanager
 def _broker(cfg: FaultConfig, token: str, task_ids: set[str]) -> Iterator[str]:
     """The broker URL: empty for SQL; for Redis a private redis-server unless one is given
-    (then this run's keys are deleted afterwards); for AMQP the URL given (or the default)."""
+    (then this run's keys are deleted afterwards); for AMQP a vhost of its own on the server of
+    the URL given (or the default)."""
     if cfg.broker == "sql":
         yield ""
     elif cfg.broker == "redis" and not cfg.broker_url:
@@ -215,9 +217,30 @@ def _broker(cfg: FaultConfig, token: str, task_ids: set[str]) -> Iterator[str]:
         finally:
             _delete_redis_keys(cfg.broker_url, token, task_ids)
     elif cfg.broker == "amqp":
-        yield cfg.broker_url or os.environ.get("TASKMILL_TEST_AMQP_URL", DEFAULT_AMQP_URL)
+        url = cfg.broker_url or os.environ.get("TASKMILL_TEST_AMQP_URL", DEFAULT_AMQP_URL)
+        with _rabbitmq_vhost(url, token) as vhost_url:
+            yield vhost_url
     else:
         raise ValueError(f"unknown broker {cfg.broker!r} (sql, redis or amqp)")
+
+
+@contextmanager
+def _rabbitmq_vhost(url: str, token: str) -> Iterator[str]:
+    """A vhost of this run's own (``rabbitmqctl``, on this machine), deleted with its queues after;
+    without ``rabbitmqctl``, ``url`` as it is (this run's queues, named after its token, stay)."""
+    if shutil.which("rabbitmqctl") is None:
+        yield url
+        return
+    name = f"taskmill_fault_{token}"
+    ctl = ["rabbitmqctl", "-q"]
+    subprocess.run([*ctl, "add_vhost", name], check=True, capture_output=True, timeout=60)
+    try:
+        user = urlsplit(url).username or "guest"
+        perms = [*ctl, "set_permissions", "-p", name, user, ".*", ".*", ".*"]
+        subprocess.run(perms, check=True, capture_output=True, timeout=60)
+        yield urlsplit(url)._replace(path=f"/{name}").geturl()
+    finally:
+        subprocess.run([*ctl, "delete_vhost", name], capture_output=True, timeout=60)
 
 
 def _connects(port: int) -> bool:
