@@ -206,3 +206,25 @@ def test_prefetch_adapts_to_task_duration(tmp_path: Any) -> None:
         fixed = WorkerLoop(rt, WorkerOptions(queues=["default"], concurrency=2, prefetch=1), pool.consumer)
         fixed._avg_duration = 0.001
         assert fixed.capacity == 3
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_progress_moves_in_the_api_while_a_task_runs(backend: str, tmp_path: Any) -> None:
+    """A 3 s ``sleep`` task (it reports every second): the API shows its progress moving while it
+    runs, not 0.0 and then 1.0 (progress is coalesced and written every half second)."""
+    from taskmill.app import create_app
+
+    with runtime_on(backend, tmp_path, load_plugins=("sql", "handlers"), auth="none") as rt:
+        client = create_app(runtime=rt).test_client()
+        r = client.post("/api/v1/tasks", json={"type": "sleep", "payload": {"seconds": 3}})
+        assert r.status_code == 201, r.get_data(as_text=True)
+        tid = r.get_json()["id"]
+        seen: list[float] = []
+        with RunningPool(rt, concurrency=1):
+            wait_for(lambda: client.get(f"/api/v1/tasks/{tid}").get_json()["status"] == "running")
+            while (body := client.get(f"/api/v1/tasks/{tid}").get_json())["status"] == "running":
+                seen.append(body["progress"] or 0.0)
+                time.sleep(0.1)
+        assert body["status"] == "completed" and body["progress"] == 1.0
+        moving = sorted({round(v, 2) for v in seen if 0.0 < v < 1.0})
+        assert len(moving) >= 2, seen
