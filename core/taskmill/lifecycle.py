@@ -35,6 +35,7 @@ from taskmill.models import SameAs
 from taskmill.models import Task
 from taskmill.models import TaskStatus
 from taskmill.models import utcnow
+from taskmill.schedules import timer_for
 
 if TYPE_CHECKING:  # pragma: no cover
     from taskmill.runtime import Runtime
@@ -120,6 +121,8 @@ class Lifecycle:
     # there, so an event survives the death of the process that made the change.
 
     def _publish(self, tasks: Sequence[Task]) -> None:
+        """Hand queued tasks to the broker, and tell the timer when scheduled ones come due."""
+        self._arm(tasks)
         queued = [t for t in tasks if t.status is TaskStatus.QUEUED]
         if not queued:
             return
@@ -128,6 +131,15 @@ class Lifecycle:
         except BrokerUnavailable as exc:
             # The database holds them; the manager re-publishes once the broker is back.
             logger.warning("broker unavailable, %s task(s) left for re-publishing: %s", len(queued), exc)
+
+    def _arm(self, tasks: Sequence[Task]) -> None:
+        run_ats = [t.run_at for t in tasks if t.status is TaskStatus.SCHEDULED and t.run_at is not None]
+        if not run_ats:
+            return
+        try:
+            timer_for(self.rt).arm_releases(run_ats)  # rq-scheduler on Redis; a no-op elsewhere
+        except Exception:  # noqa: BLE001 - the manager's sweep releases them all the same
+            logger.warning("could not arm the release of %s delayed task(s)", len(run_ats), exc_info=True)
 
     # ---- submission ------------------------------------------------------------------------------
     def build(self, data: dict[str, Any], tenant: str) -> NewTask:
@@ -462,7 +474,7 @@ class Lifecycle:
         for t in written:
             if t.status in FINAL_STATES:
                 metrics.finished(t.queue, t.type, t.status.value, durations.get(t.id))
-        self._publish([t for t in written if t.status is TaskStatus.QUEUED])
+        self._publish(written)  # queued ones go to the broker, retry-scheduled ones to the timer
         lost = [task.id for task, _ in results if task.id not in by_id]
         if lost:
             logger.info("outcome of %s task(s) not recorded: no longer held by this worker", len(lost))
@@ -485,7 +497,7 @@ class Lifecycle:
         """Waiting tasks whose dependencies all completed: waiting → queued (or scheduled while
         their ``run_at`` is ahead), one statement for a fan-out or fan-in of up to ``limit``."""
         tasks = self.tasks.release_waiting(utcnow(), limit)
-        self._publish([t for t in tasks if t.status is TaskStatus.QUEUED])
+        self._publish(tasks)
         return tasks
 
     def cancel_blocked(self, limit: int = 1000) -> list[Task]:

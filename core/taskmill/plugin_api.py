@@ -69,6 +69,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers; at run time names res
     from taskmill.registry import scheme_of
     from taskmill.runtime import Runtime
     from taskmill.runtime import build_runtime
+    from taskmill.schedules import ScheduleService
     from taskmill.serialize import format_time
     from taskmill.serialize import task_to_dict
     from taskmill.worker import CancelWatch
@@ -151,6 +152,7 @@ __all__ = [
     "audit",
     "current_principal",
     "scope_tenant",
+    "ScheduleService",
     "documents_errors",
     "get_runtime",
     "page_bounds",
@@ -218,6 +220,7 @@ _WHERE: dict[str, str] = {
     "audit": "taskmill.api.auth",
     "current_principal": "taskmill.api.auth",
     "scope_tenant": "taskmill.api.auth",
+    "ScheduleService": "taskmill.schedules",
     "documents_errors": "taskmill.api.errors",
     "get_runtime": "taskmill.app",
     "page_bounds": "taskmill.api.tasks",
