@@ -31,6 +31,7 @@ must pass that handler's schema, which a static document cannot express (422 is 
 @pytest.fixture(scope="module")
 def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Any:
     app = build_secured_app(tmp_path_factory.mktemp("fuzz") / "f.db", max_payload_bytes=64 * 1024)
+    app.config["TASKMILL_EVENTS_MAX_AGE"] = 0.2  # the events stream ends, so a WSGI call returns
     secured = Secured(app)
     yield secured
     secured.runtime.close()

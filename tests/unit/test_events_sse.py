@@ -155,3 +155,12 @@ def test_streams_are_tenant_scoped(secured: Any, role: str) -> None:
     else:
         assert ids == {str(mine.id)}
     assert c.get("/api/v1/events").status_code == 401
+
+
+def test_a_stream_with_a_maximum_age_ends_and_frees_its_place(client: Any, app: Any) -> None:
+    app.config["TASKMILL_EVENTS_MAX_AGE"] = 0.3
+    started = time.monotonic()
+    body = client.get("/api/v1/events").get_data(as_text=True)  # returns: the stream ended
+    assert time.monotonic() - started < 5
+    assert body.startswith("retry: ")
+    assert hub_of(app).open_streams == 0

@@ -268,9 +268,17 @@ def _journal(runtime: Any, sub: Subscription, cursor: int, upto: int | None) -> 
 
 
 def stream(
-    runtime: Any, hub: EventHub, sub: Subscription, after: int | None, keepalive: float
+    runtime: Any,
+    hub: EventHub,
+    sub: Subscription,
+    after: int | None,
+    keepalive: float,
+    max_age: float | None = None,
 ) -> Iterator[str]:
-    """The body of one stream: backlog from the journal, then the hub's events, keepalives."""
+    """The body of one stream: backlog from the journal, then the hub's events, keepalives. With
+    ``max_age`` the stream ends after that many seconds (the client reconnects with its
+    ``Last-Event-ID`` and loses nothing)."""
+    born = time.monotonic()
     try:
         yield f"retry: {RETRY_MS}\n\n"
         cursor = sub.start
@@ -284,7 +292,7 @@ def stream(
                 cursor = event_id
             cursor = max(cursor, sub.start)
         last_sent = time.monotonic()
-        while True:
+        while max_age is None or time.monotonic() - born < max_age:
             if sub.overflowed:
                 upto = hub.position or cursor
                 sub.reset_overflow(upto)
@@ -292,7 +300,10 @@ def stream(
                     yield text
                     cursor = event_id
                 cursor = max(cursor, upto)
-            items = sub.take(timeout=max(0.05, keepalive - (time.monotonic() - last_sent)))
+            wait = keepalive - (time.monotonic() - last_sent)
+            if max_age is not None:
+                wait = min(wait, max_age - (time.monotonic() - born))
+            items = sub.take(timeout=max(0.05, wait))
             sent = False
             for event_id, text in items:
                 if event_id <= cursor:
@@ -376,7 +387,8 @@ class Events(MethodView):
         except TooManyStreams as exc:
             raise http_error(503, str(exc), {}, {"Retry-After": "5"}) from None
         keepalive = float(current_app.config.get("TASKMILL_EVENTS_KEEPALIVE", KEEPALIVE))
-        body = stream(runtime, hub, sub, after, keepalive)
+        max_age = current_app.config.get("TASKMILL_EVENTS_MAX_AGE")  # seconds; None: unbounded
+        body = stream(runtime, hub, sub, after, keepalive, None if max_age is None else float(max_age))
         response = Response(body, mimetype="text/event-stream")
         response.headers["Cache-Control"] = "no-cache"
         response.headers["X-Accel-Buffering"] = "no"
