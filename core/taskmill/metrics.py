@@ -7,11 +7,12 @@ files, so one ``/metrics`` shows what every process of the machine (or pod) coun
 
 Gauges about the whole installation (queue depth, oldest queued age, dead letters, workers,
 broker backlog) come from one :class:`Snapshot` that :class:`ClusterStats` computes at most
-every :data:`REFRESH_SECONDS`: the manager refreshes it on a timer and publishes it (to a file
-in the multiprocess directory, and to the settings store when the storage has one), and a
-scrape reads the published snapshot. A scrape computes it itself only when nobody published a
-fresh one (no manager running), and then only one thread of one process of the machine does, at
-most once per period. A scrape therefore never counts rows per queue.
+every :data:`REFRESH_SECONDS` (longer when it is costly, see :data:`COST_FACTOR`): the manager
+refreshes it on a timer and publishes it (to a file in the multiprocess directory, and to the
+settings store when the storage has one), and a scrape reads the published snapshot. A scrape
+computes it itself only when nobody published a fresh one (no manager running), and then only one
+thread of one process of the machine does, at most once per period. A scrape therefore never
+counts rows per queue.
 
 Every role exports the same cluster gauges: aggregate them with ``max by (queue, …)``, never
 ``sum`` (docs/operations.md).
@@ -58,7 +59,12 @@ __all__ = [
 logger = logging.getLogger("taskmill.metrics")
 
 REFRESH_SECONDS = 5.0
-"""Longest age of the cluster snapshot a scrape serves before it is computed again."""
+"""Age of the cluster snapshot after which it is computed again (at the earliest)."""
+
+COST_FACTOR = 10.0
+"""A snapshot that took ``d`` seconds to compute is kept ``COST_FACTOR × d`` seconds at least, so
+its computation never takes more than a tenth of one database connection's time (at 1,000,000
+tasks, ~1.5 s: refreshed every ~15 s instead of 5)."""
 
 SNAPSHOT_FILE = "taskmill-cluster.json"
 """File in ``PROMETHEUS_MULTIPROC_DIR`` through which the processes of a machine share it."""
@@ -249,8 +255,12 @@ class ClusterStats:
             self._lock.release()
         return self._last
 
+    def period(self, snap: Snapshot | None) -> float:
+        """How long ``snap`` is served before it is computed again."""
+        return max(self.max_age, COST_FACTOR * snap.duration) if snap is not None else self.max_age
+
     def _fresh(self, snap: Snapshot | None) -> bool:
-        return snap is not None and snap.age < self.max_age
+        return snap is not None and snap.age < self.period(snap)
 
     def _newer(self, snap: Snapshot | None) -> bool:
         return snap is not None and (self._last is None or snap.computed_at > self._last.computed_at)
@@ -342,14 +352,14 @@ class ClusterStats:
                 logger.warning("cannot publish the queue statistics: %s", exc)
 
     def run_refresher(self, stop: threading.Event) -> threading.Thread:
-        """Refresh every ``max_age`` seconds in a daemon thread until ``stop`` is set."""
+        """Refresh every :meth:`period` seconds in a daemon thread until ``stop`` is set."""
 
         def loop() -> None:
             while not stop.is_set():
-                with self._machine_lock() as mine:
-                    if mine:
-                        self.refresh()
-                stop.wait(self.max_age)
+                # computes only when no fresh snapshot is published (another manager's counts)
+                snap = self.get()
+                left = self.period(snap) - snap.age if snap is not None else self.max_age
+                stop.wait(max(0.5, left))
 
         thread = threading.Thread(target=loop, name="taskmill-cluster-stats", daemon=True)
         thread.start()

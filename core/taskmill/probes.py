@@ -59,7 +59,7 @@ LIVENESS_WINDOW = 60.0
 
 _pool: tuple[int, ThreadPoolExecutor] | None = None
 _checks_lock = threading.Lock()
-_inflight: dict[tuple[int, str], Future[None]] = {}
+_inflight: dict[tuple[int, str], tuple[float, Future[None]]] = {}
 _results: weakref.WeakKeyDictionary[Any, dict[str, tuple[float, str]]] = weakref.WeakKeyDictionary()
 
 
@@ -72,15 +72,22 @@ def _executor() -> ThreadPoolExecutor:
     return _pool[1]
 
 
-def _run_check(key: tuple[int, str], check: Any, timeout: float) -> str:
+def _start_check(key: tuple[int, str], check: Any) -> tuple[float, Future[None]]:
+    """The running check of ``key``, or a new one (a check is never running twice)."""
     with _checks_lock:
         executor = _executor()
-        future = _inflight.get(key)
-        if future is None:
-            future = _inflight[key] = executor.submit(check)
+        running = _inflight.get(key)
+        if running is None:
+            future = executor.submit(check)
+            running = _inflight[key] = (time.monotonic(), future)
             future.add_done_callback(lambda _f, k=key: _inflight.pop(k, None))
+        return running
+
+
+def _outcome(started: float, future: Future[None], timeout: float) -> str:
+    left = started + timeout - time.monotonic()
     try:
-        future.result(timeout=timeout)
+        future.result(timeout=max(0.0, left))
     except FutureTimeout:
         return f"timed out after {timeout:g}s"
     except Exception as exc:  # noqa: BLE001 - any failure makes the probe report it
@@ -91,22 +98,26 @@ def _run_check(key: tuple[int, str], check: Any, timeout: float) -> str:
 def component_status(
     runtime: Runtime, timeout: float = CHECK_TIMEOUT, max_age: float = CHECK_CACHE_SECONDS
 ) -> dict[str, str]:
-    """``{"storage": "ok"|error, "broker": "ok"|error}``, each check bounded by ``timeout``.
+    """``{"storage": "ok"|error, "broker": "ok"|error}`` within ``timeout`` seconds in all.
 
-    A check still running from an earlier call is waited on, never started twice.
+    The checks run at once, each in a thread; a check still running from an earlier call is not
+    started again, and one that has run longer than ``timeout`` is reported as timed out at once.
     """
     out: dict[str, str] = {}
     now = time.monotonic()
     with _checks_lock:
         results = _results.setdefault(runtime, {})
+    pending = {}
     for name, check in (("storage", runtime.storage.check), ("broker", runtime.broker.check)):
         cached = results.get(name)
         if cached is not None and now - cached[0] < max_age:
             out[name] = cached[1]
-            continue
-        out[name] = _run_check((id(runtime), name), check, timeout)
+        else:
+            pending[name] = _start_check((id(runtime), name), check)
+    for name, (started, future) in pending.items():
+        out[name] = _outcome(started, future, timeout)
         results[name] = (time.monotonic(), out[name])
-    return out
+    return {name: out[name] for name in ("storage", "broker")}
 
 
 # ---- liveness ---------------------------------------------------------------------------------------
