@@ -116,7 +116,12 @@ def api(host: str | None, port: int | None, workers: int | None) -> None:
 @click.option("--concurrency", "-c", type=int, default=None, help="Processes running tasks (default: CPUs).")
 @click.option("--prefetch", type=int, default=None, help="Tasks claimed beyond free processes.")
 @click.option("--burst", is_flag=True, help="Exit when there is nothing left to do.")
-@click.option("--metrics-port", type=int, default=None, help="Serve this process's /metrics on a port.")
+@click.option(
+    "--metrics-port",
+    type=int,
+    default=None,
+    help="Port of /metrics and /health/* (TASKMILL_METRICS_PORT; 0: off).",
+)
 def worker(
     queues: str, concurrency: int | None, prefetch: int | None, burst: bool, metrics_port: int | None
 ) -> None:
@@ -126,16 +131,15 @@ def worker(
     from taskmill.worker import WorkerOptions
     from taskmill.worker import set_current_runtime
 
-    if metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(metrics_port, addr=settings.host)
     names = [q.strip() for q in queues.split(",") if q.strip()]
     options = WorkerOptions(
         queues=names, concurrency=settings.concurrency, prefetch=settings.worker_prefetch, burst=burst
     )
     set_current_runtime(rt)
     rt.worker_id = options.worker_id
+    from taskmill.probes import serve_role
+
+    serve_role(rt, "worker", metrics_port)  # TASKMILL_METRICS_PORT unless --metrics-port
     try:
         rt.broker.run_worker(options)
     finally:
@@ -144,16 +148,19 @@ def worker(
 
 @cli.command()
 @click.option("--once", is_flag=True, help="Run one tick and exit.")
-@click.option("--metrics-port", type=int, default=None, help="Serve this process's /metrics on a port.")
+@click.option(
+    "--metrics-port",
+    type=int,
+    default=None,
+    help="Port of /metrics and /health/* (TASKMILL_METRICS_PORT; 0: off).",
+)
 def manager(once: bool, metrics_port: int | None) -> None:
     """Release delayed tasks, recover dead workers' tasks, re-publish, expire."""
     rt = _runtime()
     from taskmill.manager import Manager
+    from taskmill.probes import serve_role
 
-    if metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(metrics_port, addr=rt.settings.host)
+    serve_role(rt, "manager", metrics_port)  # TASKMILL_METRICS_PORT unless --metrics-port
     try:
         m = Manager(rt)
         if once:
@@ -184,8 +191,9 @@ def run(host: str | None, port: int | None, concurrency: int | None, queues: str
     base = [sys.executable, "-m", "taskmill.cli"]
     roles = {
         "api": base + ["api", "--host", settings.host, "--port", str(settings.port)],
-        "worker": base + ["worker", "--queues", queues, "--concurrency", str(settings.concurrency)],
-        "manager": base + ["manager"],
+        "worker": base
+        + ["worker", "--queues", queues, "--concurrency", str(settings.concurrency), "--metrics-port", "0"],
+        "manager": base + ["manager", "--metrics-port", "0"],  # the api's /metrics shows theirs
     }
     sup = Supervisor(roles, env)
     click.echo(
