@@ -49,6 +49,9 @@ setup(
         "pyjwt[crypto]>=2.8,<3",
         "cryptography>=42,<49",  # Fernet: the dashboard session's encrypted credential
         "rq>=2.12,<2.13",  # taskmill_redis overrides public RQ worker methods: tested on 2.12 only
+        "rq-scheduler>=0.14,<0.15",  # times delayed tasks and schedule ticks on the Redis broker
+        "freezegun>=1.5,<2",  # rq-scheduler needs it at run time
+        "croniter>=6,<8",  # schedules' cron expressions (zoneinfo-aware)
         "redis>=5,<9",
         "pika>=1.4,<1.5",
     ],
