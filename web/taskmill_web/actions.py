@@ -202,6 +202,7 @@ def _set_paused(name: str, paused: bool) -> Any:
         store.set_paused(name, paused)
     else:
         storage.set_queue_paused(name, paused)
+    state()["overview"].invalidate()
     audit("queue.pause" if paused else "queue.resume", name)
     flash(f"Queue {name} {'paused' if paused else 'resumed'}.", "info")
     return redirect(safe_next(request.form.get("next") or url_for("dashboard.queues")), code=303)

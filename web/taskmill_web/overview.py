@@ -85,6 +85,10 @@ class Overview:
             self.refreshes += 1
             self._at = time.monotonic()
 
+    def invalidate(self) -> None:
+        """Refresh on the next view (after an action of this process changed what it shows)."""
+        self._at = 0.0
+
     def _refresh(self) -> None:
         now = utcnow()
         if self._last_wall is None:

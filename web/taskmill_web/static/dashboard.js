@@ -4,6 +4,8 @@
 (function () {
   "use strict";
   var POLL_MS = 2000;
+  var SAFETY_MS = 5000;
+  var safetyTimer = null;
   var SVG = "http://www.w3.org/2000/svg";
 
   function el(tag, attrs, text) {
@@ -217,12 +219,25 @@
     var changes = ["task.submitted", "task.started", "task.retry_scheduled", "task.completed",
       "task.failed", "task.cancelled", "task.requeued"];
     follow(head.getAttribute("data-events"), function (source) {
+      function check() {
+        fetch(url, { credentials: "same-origin" }).then(function (r) { return r.ok ? r.json() : null; })
+          .then(function (t) {
+            if (t && stateKey(t) !== last && source.readyState !== EventSource.CLOSED) {
+              source.close();
+              swapMain();
+            }
+          });
+      }
       source.onopen = function () {
         if (status) { status.textContent = "Live (stream)"; }
-        // whatever changed between the page and the stream's start: compare once
-        fetch(url, { credentials: "same-origin" }).then(function (r) { return r.ok ? r.json() : null; })
-          .then(function (t) { if (t && stateKey(t) !== last) { source.close(); swapMain(); } });
+        check();  // whatever changed between the page and the stream's start
       };
+      // a safety net while the stream is open: one cheap read every few seconds
+      clearInterval(safetyTimer);
+      safetyTimer = setInterval(function () {
+        if (source.readyState === EventSource.CLOSED) { clearInterval(safetyTimer); return; }
+        if (!document.hidden) { check(); }
+      }, SAFETY_MS);
       source.addEventListener("task.progress", function (ev) {
         var t = JSON.parse(ev.data);
         var bar = document.querySelector("[data-field=progress]");
@@ -231,7 +246,7 @@
         if (text) { text.textContent = Math.round((t.progress || 0) * 100) + "%"; }
       });
       changes.forEach(function (name) {
-        source.addEventListener(name, function () { source.close(); swapMain(); });
+        source.addEventListener(name, function () { clearInterval(safetyTimer); source.close(); swapMain(); });
       });
     }, function () { pollTask(url, last, status); });
   }
