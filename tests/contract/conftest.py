@@ -43,6 +43,8 @@ from typing import Any
 import pytest
 import requests
 
+from tests.contract.stub_installation import StubInstallation
+from tests.contract.stub_installation import stub_services
 from tests.contract.wire import WireCutter
 from tests.services import amqp_url
 from tests.services import postgres_url
@@ -107,20 +109,11 @@ class BrokerKind:
     installation: type[Installation] | None = None
 
 
-REDIS_PENDING = {
-    "test_pause_holds_from_the_moment_the_call_returns": (
-        "issue 7 item 2: main's RQ worker caches the paused set for 1 s and may already be in BLPOP"
-    ),
-    "test_a_task_taken_but_not_started_by_a_killed_worker_runs": (
-        "issue 7 item 1: main's re-publish only looks for missing job hashes; WORKER's reliable "
-        "queue lands the fix"
-    ),
-}
-
 BROKERS = [
+    BrokerKind("stub", stub_services, installation=StubInstallation),
     BrokerKind("sql-sqlite", sqlite_services),
     BrokerKind("sql-postgresql", postgresql_services, wire="TASKMILL_DATABASE_URL", marks=INTEGRATION),
-    BrokerKind("redis", redis_services, wire="TASKMILL_BROKER_URL", pending=REDIS_PENDING, marks=INTEGRATION),
+    BrokerKind("redis", redis_services, wire="TASKMILL_BROKER_URL", marks=INTEGRATION),
     BrokerKind("rabbitmq", rabbitmq_services, wire="TASKMILL_BROKER_URL", marks=INTEGRATION),
 ]
 
