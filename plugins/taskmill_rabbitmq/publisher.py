@@ -134,9 +134,12 @@ class Publisher:
         Raises:
             BrokerUnavailable: RabbitMQ is down, refused a message, returned one as unroutable
                 twice, or did not confirm within the timeout.
+            ValueError: a message is not JSON (``content_type`` other than application/json).
         """
         if not messages:
             return
+        if any(m.properties.content_type != topology.CONTENT_TYPE for m in messages):
+            raise ValueError("the publisher sends JSON message bodies only (content type application/json)")
         deadline = time.monotonic() + self.timeout
         attempt = 0
         while True:

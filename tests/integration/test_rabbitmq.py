@@ -169,6 +169,16 @@ def test_an_unroutable_message_is_an_error(vhost_url: str) -> None:
         pub.close()
 
 
+def test_the_publisher_sends_json_only(vhost_url: str) -> None:
+    pub = publisher(vhost_url)
+    try:
+        msg = Message(routing_key="taskmill.x", body=b"\x80\x04", properties=pika.BasicProperties())
+        with pytest.raises(ValueError, match="JSON"):
+            pub.publish([msg])
+    finally:
+        pub.close()
+
+
 def test_a_deleted_queue_is_declared_again_on_publish(vhost_url: str) -> None:
     q = f"gone-{uuid.uuid4().hex[:6]}"
     pub = publisher(vhost_url)
