@@ -13,7 +13,8 @@ taskmill uses a scratch PostgreSQL database; RabbitMQ runs in a vhost of its own
 Redis is a private ``redis-server``. Celery runs from its own virtualenv (never a taskmill
 dependency): ``python -m venv /work/venvs/peers && /work/venvs/peers/bin/pip install celery redis``.
 
-Usage: ``python scripts/bench_rabbitmq.py [--tasks 2000] [--latency 200] [--peers /work/venvs/peers]``.
+Usage: ``python scripts/bench_rabbitmq.py [--tasks 2000] [--latency 200] [--rounds 1]
+[--peers /work/venvs/peers]``.
 This file is also the Celery app of the Celery run (``celery -A bench_rabbitmq``, with
 ``BENCH_CELERY=1``).
 """
@@ -75,6 +76,7 @@ if os.environ.get("BENCH_CELERY") == "1":  # imported by the Celery worker or cl
 import argparse  # noqa: E402
 import platform  # noqa: E402
 import signal  # noqa: E402
+import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import uuid  # noqa: E402
 from contextlib import ExitStack  # noqa: E402
@@ -293,6 +295,7 @@ def main() -> None:
     parser.add_argument("--latency", type=int, default=200, help="latency samples per system")
     parser.add_argument("--concurrency", type=int, default=2, help="worker processes of every system")
     parser.add_argument("--peers", default="/work/venvs/peers", help="virtualenv with celery and redis")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds over all systems (medians printed)")
     parser.add_argument("--only", default="", help="comma-separated label substrings to run")
     args = parser.parse_args()
     peers = Path(args.peers)
@@ -318,17 +321,30 @@ def main() -> None:
             (f"taskmill SQL (PostgreSQL) -c {c}", lambda: Taskmill(db, "", c)),
         ]
         only = [s for s in args.only.split(",") if s]
-        for label, make in runs:
-            if only and not any(s in label for s in only):
-                continue
-            if "Celery" in label and not (peers / "bin" / "celery").exists():
-                print(f"{label:<34} skipped: no celery in {peers}")
-                continue
-            system = make()
-            try:
-                run_one(label, system, args.tasks, args.latency)
-            finally:
-                system.close()
+        rows: dict[str, list[dict[str, Any]]] = {}
+        for _ in range(args.rounds):  # rounds interleave the systems, so noise spreads over all
+            for label, make in runs:
+                if only and not any(s in label for s in only):
+                    continue
+                if "Celery" in label and not (peers / "bin" / "celery").exists():
+                    print(f"{label:<34} skipped: no celery in {peers}")
+                    continue
+                system = make()
+                try:
+                    rows.setdefault(label, []).append(run_one(label, system, args.tasks, args.latency))
+                finally:
+                    system.close()
+        if args.rounds > 1:
+            print(f"median of {args.rounds} rounds:")
+            for label, runs_of in rows.items():
+                med = {
+                    k: statistics.median(r[k] for r in runs_of)
+                    for k in ("enqueue/s", "drain/s", "p50 ms", "p99 ms")
+                }
+                print(
+                    f"{label:<34} {med['enqueue/s']:>10.0f} {med['drain/s']:>9.0f} "
+                    f"{med['p50 ms']:>8.1f} {med['p99 ms']:>8.1f}"
+                )
         print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
