@@ -533,3 +533,32 @@ def test_plugin_settings_are_declared_and_checked(tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as info:
             build_runtime(load_settings(environ={**env, f"TASKMILL_RABBITMQ_{key}": value}))
         assert f"TASKMILL_RABBITMQ_{key}" in str(info.value)
+
+
+def test_republish_skips_paused_queues_and_backs_off_per_task(vhost_url: str, tmp_path: Path) -> None:
+    from taskmill.config import load_settings
+    from taskmill.runtime import build_runtime
+
+    env = {"TASKMILL_DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}", "TASKMILL_BROKER_URL": vhost_url}
+    rt = build_runtime(load_settings(environ=env), upgrade=True)
+    q, paused = f"rp-{uuid.uuid4().hex[:6]}", f"rpp-{uuid.uuid4().hex[:6]}"
+    try:
+        rt.storage.queues.set_paused(paused, True)
+        lc = rt.lifecycle
+        live = [
+            t for t, _ in lc.submit([lc.build({"type": "echo", "queue": q}, "default") for _ in range(3)])
+        ]
+        held = [
+            t
+            for t, _ in lc.submit([lc.build({"type": "echo", "queue": paused}, "default") for _ in range(2)])
+        ]
+        assert queue_depth(vhost_url, topology.amqp_queue(q)) == 3  # published at submit
+        assert rt.broker.republish_lost(live + held) == 3  # the paused queue's wait for resume
+        assert rt.broker.republish_lost(live + held) == 0  # each task backs off
+        assert queue_depth(vhost_url, topology.amqp_queue(q)) == 6  # duplicates: harmless
+        rt.storage.queues.set_paused(paused, False)
+        depth = queue_depth(vhost_url, topology.amqp_queue(paused))
+        assert rt.broker.queue_resumed(paused) == 2
+        assert queue_depth(vhost_url, topology.amqp_queue(paused)) == depth + 2
+    finally:
+        rt.close()
