@@ -18,6 +18,7 @@ from typing import Any
 
 import click
 
+from taskmill import cli_schedules as _cli_schedules
 from taskmill.errors import ConfigError
 from taskmill.errors import StorageUnavailable
 from taskmill.errors import TaskmillError
@@ -401,6 +402,10 @@ def workers() -> None:
             f"{w.id:<40} queues={','.join(w.queues)} processed={w.processed} failed={w.failed} "
             f"last_heartbeat={w.last_heartbeat:%H:%M:%S} current={w.current_task or '-'}"
         )
+
+
+cli.add_command(_cli_schedules.schedules)
+cli.add_command(_cli_schedules.workflows)
 
 
 def main() -> None:

@@ -62,18 +62,21 @@ def init_api(app: Flask, runtime: Any) -> TaskmillApi:
     """
     from taskmill.api import dead_letters
     from taskmill.api import docs
+    from taskmill.api import events
     from taskmill.api import handlers
     from taskmill.api import health
     from taskmill.api import queues
+    from taskmill.api import schedules
     from taskmill.api import tasks
     from taskmill.api import workers
+    from taskmill.api import workflows
 
     app.url_map.converters["taskid"] = tasks.TaskIdConverter
     api = TaskmillApi(app)
     api.register_converter(tasks.TaskIdConverter, lambda _conv: {"type": "string", "format": "uuid"})
     for name, scheme in SECURITY_SCHEMES.items():
         api.spec.components.security_scheme(name, scheme)
-    for module in (tasks, queues, dead_letters, workers, handlers, health):
+    for module in (tasks, queues, dead_letters, workers, handlers, health, schedules, workflows, events):
         api.register_blueprint(module.blp)
     app.register_blueprint(docs.blp)
     _document_pagination_header(api)
