@@ -28,20 +28,7 @@ def load_fault() -> ModuleType:
     return module
 
 
-@pytest.mark.parametrize(
-    "broker",
-    [
-        "sql",
-        pytest.param(
-            "redis",
-            marks=pytest.mark.xfail(
-                strict=False,
-                reason="issue 7 item 1: main's Redis broker loses a task taken but not started "
-                "(until WORKER's reliable queue lands)",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("broker", ["sql", "redis"])
 def test_nothing_is_lost_when_workers_are_sigkilled(broker: str) -> None:
     if broker == "redis" and shutil.which("redis-server") is None:
         unavailable("redis-server", "PATH", FileNotFoundError("redis-server"))
