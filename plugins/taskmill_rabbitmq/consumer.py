@@ -15,8 +15,8 @@ through the database lease by the manager, which publishes it again.
 
 Because acked deliveries no longer count against ``basic_qos``, the prefetch window only bounds
 deliveries not yet started: it starts at the most core's loop may ask for at once (its capacity
-with ``--concurrency`` and ``--prefetch``) and follows what core actually asks for (re-set at most
-every two seconds), so a worker of long tasks holds about one delivery per free slot. To keep a
+with ``--concurrency`` and ``--prefetch``) and follows twice what core actually asks for (re-set at
+most every two seconds), so a worker of long tasks holds about two deliveries per free slot. To keep a
 busy worker from sitting on tasks another worker could run (or past ``consumer_timeout``),
 deliveries that core has not asked for within ``hold`` seconds are handed back (``basic_nack``
 with requeue) and consuming pauses (``basic_cancel``) until core asks again.
@@ -277,11 +277,11 @@ class RabbitConsumer:
             self._requeue_buffer()
 
     def _adapt_qos(self) -> None:
-        """Set the prefetch window to the most core asked for at once lately (within bounds)."""
+        """Set the prefetch window to twice the most core asked for at once lately (within bounds)."""
         seen, self._limit_seen = self._limit_seen, 0
         if not seen:
             return  # core did not ask: keep the window (hand-back covers a busy worker)
-        target = max(1, min(self.prefetch, seen))
+        target = max(1, min(self.prefetch, 2 * seen))  # headroom: the next ask may be larger
         if target != self.qos:
             self._channel.basic_qos(prefetch_count=target)
             self.qos = target
