@@ -71,12 +71,12 @@
   function drawChart(figure, series) {
     var old = figure.querySelector("svg");
     if (old) { old.remove(); }
-    var W = 600, H = 220, L = 36, R = 8, T = 10, B = 22;
+    var W = Math.max(280, Math.round(figure.clientWidth - 16)), H = 220, L = 36, R = 8, T = 10, B = 22;
     var keys = ["submitted", "completed", "failed"];
     var n = (series.minutes || []).length;
     var max = 1;
     keys.forEach(function (k) { (series[k] || []).forEach(function (v) { if (v > max) { max = v; } }); });
-    var root = svg("svg", { viewBox: "0 0 " + W + " " + H, preserveAspectRatio: "none", role: "img",
+    var root = svg("svg", { viewBox: "0 0 " + W + " " + H, role: "img",
       "aria-label": "tasks submitted, completed and failed per minute over the last hour" });
     root.appendChild(svg("line", { x1: L, y1: H - B, x2: W - R, y2: H - B, "class": "axis" }));
     root.appendChild(svg("line", { x1: L, y1: T, x2: L, y2: H - B, "class": "axis" }));
