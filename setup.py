@@ -10,6 +10,8 @@ PACKAGES = {
     "taskmill_sql.migrations.versions": "plugins/taskmill_sql/migrations/versions",
     "taskmill_handlers": "handlers/taskmill_handlers",
     "taskmill_auth": "plugins/taskmill_auth",
+    "taskmill_auth.migrations": "plugins/taskmill_auth/migrations",
+    "taskmill_auth.migrations.versions": "plugins/taskmill_auth/migrations/versions",
     "taskmill_redis": "plugins/taskmill_redis",
     "taskmill_web": "web/taskmill_web",
     "taskmill_rabbitmq": "plugins/taskmill_rabbitmq",
@@ -26,6 +28,7 @@ setup(
     package_dir=PACKAGES,
     package_data={
         "taskmill_sql": ["migrations/script.py.mako"],
+        "taskmill_auth": ["migrations/script.py.mako"],
         "taskmill": ["api/templates/*.html", "api/static/*.js"],
         "taskmill_web": ["templates/taskmill_web/*.html", "static/*"],
     },

@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from flask import Request
 
     from taskmill.config import Settings
+    from taskmill.models import ApiKey
     from taskmill.models import NewTask
     from taskmill.models import Principal
     from taskmill.models import QueueInfo
@@ -180,6 +181,47 @@ class Storage:
 
     def get_or_create_setting(self, key: str, value: str) -> str:
         return self.settings.get_or_create(key, value)
+
+    # -- stores that other plugins bring (auth: ``keys`` and ``audit``) -------------------------
+    def attach(self, name: str, store: Any) -> None:
+        """Make a plugin's store reachable as ``storage.<name>`` (idempotent)."""
+        self.__dict__[name] = store
+
+    def _attached(self, name: str) -> Any:
+        store = self.__dict__.get(name)
+        if store is None:
+            from taskmill.errors import StorageUnavailable
+
+            raise StorageUnavailable(f"no {name} store: the plugin that owns it is not loaded")
+        return store
+
+    def create_api_key(self, key: ApiKey) -> None:
+        self._attached("keys").create(key)
+
+    def find_api_key(self, prefix: str) -> ApiKey | None:
+        return self._attached("keys").find(prefix)
+
+    def list_api_keys(self) -> list[ApiKey]:
+        return self._attached("keys").list()
+
+    def revoke_api_key(self, key_id: str) -> bool:
+        return self._attached("keys").revoke(key_id)
+
+    def touch_api_key(self, key_id: str, when: dt.datetime) -> None:
+        self._attached("keys").touch(key_id, when)
+
+    def count_api_keys(self) -> int:
+        return self._attached("keys").count()
+
+    def add_audit(self, entry: dict[str, Any]) -> None:
+        """Append to the audit log when a plugin brought one (the auth plugin); else nothing."""
+        store = self.__dict__.get("audit")
+        if store is not None:
+            store.add(entry)
+
+    def list_audit(self, *, offset: int, limit: int, tenant: str | None) -> tuple[list[dict], int]:
+        store = self.__dict__.get("audit")
+        return store.list(offset=offset, limit=limit, tenant=tenant) if store is not None else ([], 0)
 
 
 class Broker:

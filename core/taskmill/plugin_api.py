@@ -57,12 +57,17 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers; at run time names res
     from taskmill.models import FINAL_STATES
     from taskmill.models import PENDING_STATES
     from taskmill.models import ApiKey
+    from taskmill.models import DeadLetterQuery
+    from taskmill.models import Event
+    from taskmill.models import EventQuery
     from taskmill.models import NewTask
     from taskmill.models import Outcome
     from taskmill.models import Principal
+    from taskmill.models import QueueInfo
     from taskmill.models import Role
     from taskmill.models import SameAs
     from taskmill.models import Task
+    from taskmill.models import TaskQuery
     from taskmill.models import TaskStatus
     from taskmill.models import WorkerInfo
     from taskmill.models import utcnow
@@ -96,6 +101,11 @@ __all__ = [
     "TaskStatus",
     "Outcome",
     "WorkerInfo",
+    "QueueInfo",
+    "TaskQuery",
+    "DeadLetterQuery",
+    "Event",
+    "EventQuery",
     "NewTask",
     "Principal",
     "Role",
@@ -169,6 +179,11 @@ _WHERE: dict[str, str] = {
     "TaskStatus": "taskmill.models",
     "Outcome": "taskmill.models",
     "WorkerInfo": "taskmill.models",
+    "QueueInfo": "taskmill.models",
+    "TaskQuery": "taskmill.models",
+    "DeadLetterQuery": "taskmill.models",
+    "Event": "taskmill.models",
+    "EventQuery": "taskmill.models",
     "NewTask": "taskmill.models",
     "Principal": "taskmill.models",
     "Role": "taskmill.models",

@@ -14,11 +14,13 @@ this plugin only turns credentials into principals and manages keys.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from taskmill import hookimpl
 from taskmill.plugin_api import Setting
 from taskmill.plugin_api import SettingsSpec
+from taskmill.plugin_api import StorageUnavailable
 from taskmill_auth.apikeys import ApiKeyBackend
 from taskmill_auth.apikeys import bootstrap_admin_key
 from taskmill_auth.apikeys import create_api_key
@@ -79,11 +81,16 @@ def taskmill_auth_backends() -> list[type]:
 def taskmill_app(app: Any) -> None:
     """Register the api-keys and audit endpoints on the app's API (so they are in the OpenAPI doc)."""
     from taskmill.plugin_api import register_blueprint
+    from taskmill_auth.store import auth_store
     from taskmill_auth.views import audit_blp
     from taskmill_auth.views import keys_blp
 
     register_blueprint(app, keys_blp)
     register_blueprint(app, audit_blp)
+    try:  # the keys and audit stores, attached to the storage (core's audit helper writes there)
+        auth_store(app.extensions["taskmill"])
+    except StorageUnavailable as exc:
+        logging.getLogger("taskmill.auth").warning("auth store not ready (%s); attached on first use", exc)
 
 
 @hookimpl

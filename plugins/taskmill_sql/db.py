@@ -22,8 +22,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import OperationalError
 
-from taskmill.errors import Conflict
-from taskmill.errors import StorageUnavailable
+from taskmill.plugin_api import Conflict
+from taskmill.plugin_api import StorageUnavailable
 
 __all__ = ["Database", "normalize_url", "short_error"]
 

@@ -19,9 +19,9 @@ from sqlalchemy import select
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 
-from taskmill.models import Event
-from taskmill.models import EventQuery
-from taskmill.models import utcnow
+from taskmill.plugin_api import Event
+from taskmill.plugin_api import EventQuery
+from taskmill.plugin_api import utcnow
 from taskmill_sql.db import Database
 from taskmill_sql.tables import event_cursors
 from taskmill_sql.tables import events

@@ -10,8 +10,8 @@ from sqlalchemy import select
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 
-from taskmill.models import QueueInfo
-from taskmill.models import utcnow
+from taskmill.plugin_api import QueueInfo
+from taskmill.plugin_api import utcnow
 from taskmill_sql.db import Database
 from taskmill_sql.tables import queues
 from taskmill_sql.tables import tasks

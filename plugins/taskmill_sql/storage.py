@@ -8,28 +8,18 @@ them until every caller uses the per-resource names.
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func
-from sqlalchemy import insert
-from sqlalchemy import select
 from sqlalchemy import text
-from sqlalchemy import update
 
-from taskmill.interfaces import Storage
-from taskmill.models import ApiKey
-from taskmill.models import Role
-from taskmill.models import utcnow
+from taskmill.plugin_api import Storage
 from taskmill_sql.db import Database
 from taskmill_sql.db import normalize_url
 from taskmill_sql.events import SqlEventStore
 from taskmill_sql.kv import SqlSettingsStore
 from taskmill_sql.queues import SqlQueueStore
-from taskmill_sql.tables import api_keys
-from taskmill_sql.tables import audit_log
 from taskmill_sql.task_reads import row_to_task
 from taskmill_sql.tasks import SqlTaskStore
 from taskmill_sql.workers import SqlWorkerStore
@@ -102,82 +92,3 @@ class SqlStorage(Storage):
 
     def close(self) -> None:
         self.db.close()
-
-    # ---- API keys and audit ----------------------------------------------------------------------
-    def create_api_key(self, key: ApiKey) -> None:
-        with self.db.one() as conn:
-            conn.execute(
-                insert(api_keys).values(
-                    id=key.id,
-                    name=key.name,
-                    tenant=key.tenant,
-                    role=key.role.value,
-                    prefix=key.prefix,
-                    key_hash=key.key_hash,
-                    created_at=key.created_at,
-                )
-            )
-
-    @staticmethod
-    def _key_from_row(r: Any) -> ApiKey:
-        return ApiKey(
-            id=r.id,
-            name=r.name,
-            tenant=r.tenant,
-            role=Role(r.role),
-            key_hash=r.key_hash,
-            prefix=r.prefix,
-            created_at=r.created_at,
-            last_used_at=r.last_used_at,
-            revoked_at=r.revoked_at,
-        )
-
-    def find_api_key(self, prefix: str) -> ApiKey | None:
-        with self.db.one() as conn:
-            r = conn.execute(select(api_keys).where(api_keys.c.prefix == prefix)).first()
-        return self._key_from_row(r) if r else None
-
-    def list_api_keys(self) -> list[ApiKey]:
-        with self.db.one() as conn:
-            return [
-                self._key_from_row(r) for r in conn.execute(select(api_keys).order_by(api_keys.c.created_at))
-            ]
-
-    def revoke_api_key(self, key_id: str) -> bool:
-        stmt = (
-            update(api_keys)
-            .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
-            .values(revoked_at=utcnow())
-        )
-        with self.db.one() as conn:
-            return conn.execute(stmt).rowcount > 0
-
-    def touch_api_key(self, key_id: str, when: dt.datetime) -> None:
-        with self.db.one() as conn:
-            conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(last_used_at=when))
-
-    def count_api_keys(self) -> int:
-        with self.db.one() as conn:
-            return conn.execute(
-                select(func.count()).select_from(api_keys).where(api_keys.c.revoked_at.is_(None))
-            ).scalar_one()
-
-    def add_audit(self, entry: dict[str, Any]) -> None:
-        row = {"target": None, "details": None, **entry}
-        row.setdefault("at", utcnow())
-        with self.db.one() as conn:
-            conn.execute(self._insert_audit, row)
-
-    @functools.cached_property
-    def _insert_audit(self) -> Any:
-        return insert(audit_log)
-
-    def list_audit(self, *, offset: int, limit: int, tenant: str | None) -> tuple[list[dict], int]:
-        conds = [audit_log.c.tenant == tenant] if tenant is not None else []
-        stmt = select(audit_log).where(*conds).order_by(audit_log.c.seq.desc()).offset(offset).limit(limit)
-        with self.db.one() as conn:
-            items = [dict(r._mapping) for r in conn.execute(stmt)]
-            total = conn.execute(select(func.count()).select_from(audit_log).where(*conds)).scalar_one()
-        for item in items:
-            item.pop("seq", None)
-        return items, total

@@ -32,8 +32,6 @@ __all__ = [
     "kv",
     "events",
     "event_cursors",
-    "api_keys",
-    "audit_log",
 ]
 
 metadata = MetaData(
@@ -223,29 +221,3 @@ event_cursors = Table(
     Column("lease_owner", String(200)),
     Column("lease_until", UTCDateTime()),
 )
-api_keys = Table(
-    "api_keys",
-    metadata,
-    Column("id", String(64), primary_key=True),
-    Column("name", String(200)),
-    Column("tenant", String(100), nullable=False),
-    Column("role", String(16), nullable=False),
-    Column("prefix", String(32), nullable=False, unique=True),
-    Column("key_hash", String(128), nullable=False),
-    Column("created_at", UTCDateTime(), nullable=False),
-    Column("last_used_at", UTCDateTime()),
-    Column("revoked_at", UTCDateTime()),
-)
-
-audit_log = Table(
-    "audit_log",
-    metadata,
-    Column("seq", Seq, primary_key=True, autoincrement=True),
-    Column("at", UTCDateTime(), nullable=False),
-    Column("actor", String(200), nullable=False),
-    Column("tenant", String(100), nullable=False),
-    Column("action", String(64), nullable=False),
-    Column("target", String(200)),
-    Column("details", Json),
-)
-Index("ix_audit_log_tenant_at", audit_log.c.tenant, audit_log.c.at)

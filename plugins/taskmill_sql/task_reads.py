@@ -13,10 +13,10 @@ from sqlalchemy import literal_column
 from sqlalchemy import or_
 from sqlalchemy import select
 
-from taskmill.models import DeadLetterQuery
-from taskmill.models import Task
-from taskmill.models import TaskQuery
-from taskmill.models import TaskStatus
+from taskmill.plugin_api import DeadLetterQuery
+from taskmill.plugin_api import Task
+from taskmill.plugin_api import TaskQuery
+from taskmill.plugin_api import TaskStatus
 from taskmill_sql.db import Database
 from taskmill_sql.tables import task_dependencies
 from taskmill_sql.tables import tasks

@@ -34,13 +34,13 @@ from sqlalchemy import text
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 
-from taskmill.errors import Conflict
-from taskmill.errors import StorageError
-from taskmill.models import NewTask
-from taskmill.models import SameAs
-from taskmill.models import Task
-from taskmill.models import TaskStatus
-from taskmill.models import utcnow
+from taskmill.plugin_api import Conflict
+from taskmill.plugin_api import NewTask
+from taskmill.plugin_api import SameAs
+from taskmill.plugin_api import StorageError
+from taskmill.plugin_api import Task
+from taskmill.plugin_api import TaskStatus
+from taskmill.plugin_api import utcnow
 from taskmill_sql.tables import UTCDateTime
 from taskmill_sql.tables import queues
 from taskmill_sql.tables import task_dependencies

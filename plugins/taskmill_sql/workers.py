@@ -11,8 +11,8 @@ from sqlalchemy import insert
 from sqlalchemy import select
 from sqlalchemy import update
 
-from taskmill.models import WorkerInfo
-from taskmill.models import utcnow
+from taskmill.plugin_api import WorkerInfo
+from taskmill.plugin_api import utcnow
 from taskmill_sql.db import Database
 from taskmill_sql.tables import workers
 

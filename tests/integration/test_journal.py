@@ -12,6 +12,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextlib import nullcontext
 from http.server import BaseHTTPRequestHandler
 from http.server import ThreadingHTTPServer
 from typing import Any
@@ -27,8 +28,10 @@ from taskmill.errors import Conflict
 from taskmill.journal import CURSOR
 from taskmill.journal import JournalFeed
 from taskmill.manager import Manager
+from taskmill.models import ApiKey
 from taskmill.models import EventQuery
 from taskmill.models import Outcome
+from taskmill.models import Role
 from taskmill.models import Task
 from taskmill.models import TaskQuery
 from taskmill.models import TaskStatus
@@ -38,6 +41,8 @@ from taskmill.worker import WorkerOptions
 from taskmill.worker import set_current_runtime
 from taskmill_sql.tables import events as events_table
 from tests.jobs import JobsPlugin
+from tests.services import postgres_url
+from tests.services import scratch_database
 from tests.storages import BACKENDS
 from tests.storages import runtime_on
 
@@ -291,6 +296,7 @@ CHILD = """
 import sys, time
 from taskmill.config import Settings
 from taskmill.models import Outcome
+from taskmill.models import Role
 from taskmill.runtime import build_runtime
 rt = build_runtime(Settings(database_url=sys.argv[1], load_plugins=("sql", "handlers"), secret_key="test"))
 [task] = rt.lifecycle.claim(["default"], 1, "doomed")
@@ -357,3 +363,78 @@ def test_a_webhook_is_sent_when_the_finishing_process_is_sigkilled_after_commit(
         receiver.httpd.shutdown()
         receiver.httpd.server_close()
         rt.close()
+
+
+# ---- a database made before the journal (migrations 0001/0002) upgrades cleanly ---------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_database_of_0002_with_auth_tables_upgrades_to_the_journal_and_the_auth_store(
+    backend: str, tmp_path: Any
+) -> None:
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+
+    from taskmill_auth.store import auth_store
+    from taskmill_auth.store import metadata as auth_metadata
+    from taskmill_sql.storage import MIGRATIONS
+
+    ctx = (
+        nullcontext(f"sqlite:///{tmp_path}/old.db")
+        if backend == "sqlite"
+        else scratch_database(postgres_url())
+    )
+    with ctx as old_url:
+        settings = Settings().replace(database_url=old_url, load_plugins=("sql", "auth"), secret_key="test")
+        rt = build_runtime(settings, plugins=[JobsPlugin()])
+        try:
+            cfg = Config()
+            cfg.set_main_option("script_location", str(MIGRATIONS))
+            with rt.storage.db.engine.begin() as conn:  # the schema of 0002, auth tables included
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "0002")
+                auth_metadata.create_all(conn)
+                parent, child = uuid.uuid4(), uuid.uuid4()
+                for tid, status, deps in ((parent, "completed", "[]"), (child, "waiting", f'["{parent}"]')):
+                    conn.execute(
+                        text(
+                            "INSERT INTO tasks (id, tenant, type, queue, priority, payload, status, "
+                            "attempts, budget_start, max_retries, timeout, retry_backoff, depends_on, tags, "
+                            "cancel_requested, created_at, updated_at) VALUES (:id, 'acme', 'j.echo', "
+                            "'default', 5, '{}', :status, 0, 0, 3, 300, 1.0, :deps, '[]', false, :now, :now)"
+                        ),
+                        {
+                            "id": tid.hex if backend == "sqlite" else tid,
+                            "status": status,
+                            "deps": deps,
+                            "now": utcnow(),
+                        },
+                    )
+                conn.execute(
+                    text("INSERT INTO task_dependencies (task_id, depends_on) VALUES (:c, :p)"),
+                    {
+                        "c": child.hex if backend == "sqlite" else child,
+                        "p": parent.hex if backend == "sqlite" else parent,
+                    },
+                )
+            store = auth_store(rt)  # the auth plugin's own migration only stamps the existing tables
+            store.keys.create(
+                ApiKey(
+                    id="k1",
+                    name=None,
+                    tenant="acme",
+                    role=Role.ADMIN,
+                    key_hash="h",
+                    prefix="p1",
+                    created_at=utcnow(),
+                )
+            )
+            rt.storage.upgrade()
+            assert rt.storage.tasks.get(child).depends_on == [str(parent)]
+            assert [t.id for t in rt.lifecycle.release_waiting()] == [child]
+            assert names(rt, child) == ["task.requeued"]
+            assert rt.storage.find_api_key("p1").id == "k1"
+            assert store.current()
+        finally:
+            rt.close()
