@@ -96,6 +96,17 @@ return #entries
 """
 
 
+_SCRIPTS: dict[str, Any] = {}
+
+
+def _run(conn: Redis, source: str, keys: Sequence[str], args: Sequence[str] = ()) -> Any:
+    """Run a Lua script by its SHA (``EVALSHA``, loaded on first use on each server)."""
+    script = _SCRIPTS.get(source)
+    if script is None:
+        script = _SCRIPTS[source] = conn.register_script(source)
+    return script(keys=list(keys), args=list(args), client=conn)
+
+
 def inflight_key(worker_name: str) -> str:
     return INFLIGHT_PREFIX + worker_name
 
@@ -131,7 +142,7 @@ def take(
         ``(list key, job id)``, or None when every list is empty.
     """
     bells = [_bell_of_list(k) for k in list_keys]
-    got = conn.eval(_TAKE, 1 + 2 * len(list_keys), inflight, *list_keys, *bells, "1" if silence else "0")
+    got = _run(conn, _TAKE, [inflight, *list_keys, *bells], ["1" if silence else "0"])
     if not got:
         return None
     key, job_id = (x.decode() if isinstance(x, bytes) else x for x in got)
@@ -152,12 +163,12 @@ def give_back(conn: Redis, inflight: str, entries: Iterable[str]) -> int:
     entries = list(entries)
     if not entries:
         return 0
-    return int(conn.eval(_GIVE_BACK, 1, inflight, *entries))
+    return int(_run(conn, _GIVE_BACK, [inflight], entries))
 
 
 def reclaim(conn: Redis, inflight: str) -> int:
     """Return every entry of a (dead) worker's in-flight list to the front of its list."""
-    return int(conn.eval(_RECLAIM, 1, inflight))
+    return int(_run(conn, _RECLAIM, [inflight]))
 
 
 def reliable_queue_class(worker_name: str) -> type[Queue]:
