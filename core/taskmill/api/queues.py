@@ -13,6 +13,7 @@ from taskmill.api.errors import documents_errors
 from taskmill.api.schemas import QueueSchema
 from taskmill.api.schemas import validate_queue_name
 from taskmill.app import get_runtime
+from taskmill.errors import BrokerUnavailable
 from taskmill.errors import ValidationError
 from taskmill.models import QueueInfo
 from taskmill.models import Role
@@ -36,6 +37,11 @@ def _set_paused(name: str, paused: bool) -> QueueInfo:
     storage = get_runtime().storage
     storage.queues.set_paused(_checked_name(name), paused)
     audit("queue.pause" if paused else "queue.resume", name)
+    if not paused:  # deliveries dropped while paused come back now (the manager would, later)
+        try:
+            get_runtime().broker.queue_resumed(name)
+        except BrokerUnavailable:
+            pass
     tenant = scope_tenant()
     for info in storage.queues.stats(tenant):
         if info.name == name:
