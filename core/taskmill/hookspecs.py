@@ -115,13 +115,25 @@ def taskmill_bootstrap(runtime: Any) -> list[str] | None:
 def taskmill_task_event(task: Task, event: str, runtime: Runtime) -> None:
     """Observe a lifecycle event of a task.
 
-    Called after the change is committed, in the process that made it, for every event:
-    ``submitted``, ``started``, ``completed``, ``retrying``, ``failed``, ``cancelled``,
-    ``cancel_requested``, ``requeued``, ``released``. ``task`` is the task as written;
-    ``runtime`` is the :class:`~taskmill.runtime.Runtime` of that process (its ``lifecycle``
-    may submit follow-up tasks, as webhook delivery does). Implementations may leave out
-    ``runtime`` (or any argument) they do not need. An exception in an implementation is logged
-    and does not affect the task or other plugins. Called once per task and event, often for
-    every task, so an implementation must return at once when the event does not concern it.
-    Return value ignored.
+    Called by a manager, fed from the events journal: every change writes its journal row in its
+    own transaction, and the manager's journal feed reads the rows after its cursor, loads their
+    tasks in one query and calls this hook for each row, so an event survives the death of the
+    process that made the change. Delivery is at least once (a manager that dies mid-batch leaves
+    it to the next one): implementations must tolerate a repeat. ``task`` is the task as it is
+    when the event is delivered (read from its row); ``runtime`` is the manager's
+    :class:`~taskmill.runtime.Runtime` (its ``lifecycle`` may submit follow-up tasks, as webhook
+    delivery does).
+
+    ``event`` keeps the names this hook has always had; the journal's names map to them:
+    ``task.submitted`` → ``submitted``, ``task.started`` → ``started``, ``task.progress`` →
+    ``progress`` (new), ``task.retry_scheduled`` → ``retrying``, ``task.completed`` →
+    ``completed``, ``task.failed`` → ``failed``, ``task.cancelled`` → ``cancelled``,
+    ``task.requeued`` → ``requeued`` (which now also covers what was ``released``: a delayed or
+    waiting task that became queued). ``cancel_requested`` is no longer sent: a cancel request is
+    a flag, not a move; the move that follows (``cancelled``) is.
+
+    Implementations may leave out ``runtime`` (or any argument) they do not need. An exception
+    in an implementation is logged and does not affect the task or other plugins. Called for
+    every event of every task, so an implementation must return at once when the event does not
+    concern it. Return value ignored.
     """

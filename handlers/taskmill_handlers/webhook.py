@@ -1,12 +1,15 @@
 """Webhook delivery: the final task JSON POSTed to a task's ``callback_url``, signed.
 
-Delivery is itself a task. When a task with a ``callback_url`` ends (``completed``, ``failed``
-or ``cancelled``), the :func:`taskmill_task_event` observer submits a ``taskmill.webhook`` task in
-the same tenant and queue. Its payload only names the task (``{"url", "task_id", "event"}``); the
-handler loads the task fresh from storage and POSTs ``task_to_dict(task)``, so the body is the
-final state and the payload stays small. Failed deliveries (connection error, timeout, non-2xx)
-are retried with the task's back-off; the connection goes through the ``http.request`` address
-guard, judged by ``TASKMILL_WEBHOOK_ALLOW_PRIVATE``, and a refused address fails at once.
+Delivery is itself a task. When a task with a ``callback_url`` ends (``completed``, ``failed`` or
+``cancelled``), the :func:`taskmill_task_event` observer submits a ``taskmill.webhook`` task in
+the same tenant and queue. The observer is fed by the manager from the events journal, which the
+end of the task wrote in its own transaction, so a delivery follows even when the process that
+recorded the end died right after its commit. Its payload only names the task (``{"url",
+"task_id", "event"}``); the handler loads the task fresh from storage and POSTs
+``task_to_dict(task)``, so the body is the final state and the payload stays small. Failed
+deliveries (connection error, timeout, non-2xx) are retried with the task's back-off; the
+connection goes through the ``http.request`` address guard, judged by
+``TASKMILL_WEBHOOK_ALLOW_PRIVATE``, and a refused address fails at once.
 
 The body is signed with HMAC-SHA256 under ``TASKMILL_WEBHOOK_SECRET`` or, when that is empty,
 the installation's server secret (``TASKMILL_SECRET_KEY`` or the one generated into the database).
@@ -109,7 +112,8 @@ def _secret(runtime: Runtime) -> str:
 def taskmill_task_event(task: Task, event: str, runtime: Runtime) -> None:
     """Submit a ``taskmill.webhook`` task when a task with a ``callback_url`` ends.
 
-    Runs in whatever process records the end (worker, API, manager). A task without a callback,
+    Runs in a manager, fed from the events journal (at least once: a manager that dies while
+    delivering leaves the batch to the next one). A task without a callback,
     any other event and a delivery's own events cost one attribute check and no I/O. The hook is
     called per task, so each delivery is one submission (one insert) of its own. Its idempotency
     key ``webhook:<task id>:<attempts>:<event>`` makes a repeated event a no-op, while a task that
