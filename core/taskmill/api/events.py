@@ -220,7 +220,8 @@ class EventHub:
             try:
                 events = self.rt.storage.events.read(position, None, READ_LIMIT)
                 self.reads += 1
-                batch = render(self.rt, events)
+                # only what some stream will receive is rendered (its task read and dumped once)
+                batch = render(self.rt, [e for e in events if any(sub.matches(e) for sub in subs)])
             except StorageUnavailable as exc:
                 logger.warning("events stream: the journal is unreadable: %s", exc)
                 time.sleep(1.0)
@@ -229,9 +230,9 @@ class EventHub:
                 logger.exception("events stream: reading the journal failed")
                 time.sleep(1.0)
                 continue
-            if batch:
-                for sub in subs:
-                    sub.offer(batch)
+            for sub in subs if batch else ():
+                sub.offer(batch)
+            if events:
                 with self._lock:
                     self.position = events[-1].id
             if len(events) < READ_LIMIT:
