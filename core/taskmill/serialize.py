@@ -53,7 +53,8 @@ def format_time(value: dt.datetime | None) -> str | None:
     if value is None:
         return None
     value = value.astimezone(dt.UTC)
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    # isoformat pads the year to four digits (strftime's %Y does not on glibc: "197-07-17")
+    return value.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
 def task_to_dict(task: Task) -> dict[str, Any]:

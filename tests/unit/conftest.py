@@ -29,7 +29,7 @@ from taskmill.runtime import Runtime
 
 
 class StrictPayload(Schema):
-    n = fields.Integer(required=True, validate=validate.Range(min=0, max=10))
+    n = fields.Integer(required=True, strict=True, validate=validate.Range(min=0, max=10))
 
 
 @handler("t.echo", description="Return the payload (test handler).")

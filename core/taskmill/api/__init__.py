@@ -21,6 +21,8 @@ from taskmill.api.auth import undeclared_routes
 from taskmill.api.errors import error_payload
 from taskmill.api.errors import http_error
 from taskmill.api.errors import init_errors
+from taskmill.api.openapi import document_rules
+from taskmill.handlers import payload_json_schema
 
 __all__ = [
     "init_api",
@@ -80,6 +82,8 @@ def init_api(app: Flask, runtime: Any) -> TaskmillApi:
         api.register_blueprint(module.blp)
     app.register_blueprint(docs.blp)
     _document_pagination_header(api)
+    handlers_ = runtime.registries.handlers
+    document_rules(api, {name: payload_json_schema(spec) for name, spec in handlers_.items()})
     _declare_openapi_public(app)
     init_errors(app)
     init_auth(app, runtime)

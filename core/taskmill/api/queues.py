@@ -10,6 +10,7 @@ from taskmill.api.auth import requires
 from taskmill.api.auth import scope_tenant
 from taskmill.api.blueprint import Blueprint
 from taskmill.api.errors import documents_errors
+from taskmill.api.schemas import QUEUE_NAME_RE
 from taskmill.api.schemas import QueueSchema
 from taskmill.api.schemas import validate_queue_name
 from taskmill.app import get_runtime
@@ -23,6 +24,16 @@ __all__ = ["blp"]
 blp = Blueprint(
     "queues", __name__, url_prefix="/api/v1/queues", description="Queues: depth, pause and resume."
 )
+
+
+NAME_PARAMETER = {
+    "in": "path",
+    "name": "name",
+    "required": True,
+    "schema": {"type": "string", "pattern": QUEUE_NAME_RE.pattern},
+}
+"""The queue name of a path as the document shows it. The route matches any segment, so that a
+bad name reaches the view after authentication and answers 422 naming the rule."""
 
 
 def _checked_name(name: str) -> str:
@@ -63,7 +74,7 @@ class Queues(MethodView):
         return get_runtime().storage.queues.stats(scope_tenant())
 
 
-@blp.route("/<name>/pause")
+@blp.route("/<name>/pause", parameters=[NAME_PARAMETER])
 class QueuePause(MethodView):
     @requires(Role.ADMIN)
     @blp.doc(operationId="pauseQueue")
@@ -77,7 +88,7 @@ class QueuePause(MethodView):
         return _set_paused(name, True)
 
 
-@blp.route("/<name>/resume")
+@blp.route("/<name>/resume", parameters=[NAME_PARAMETER])
 class QueueResume(MethodView):
     @requires(Role.ADMIN)
     @blp.doc(operationId="resumeQueue")

@@ -8,6 +8,7 @@ from typing import Any
 
 from flask import Response
 from flask import current_app
+from flask import request
 from flask.views import MethodView
 from werkzeug.routing import BaseConverter
 
@@ -54,7 +55,10 @@ def page_bounds(pagination_parameters: Any) -> tuple[int, int]:
 
 class TaskIdConverter(BaseConverter):
     """A path segment that should be a task id. Anything matches, so that a malformed id reaches
-    the view after authentication and answers 404 like an unknown one (never 422 or 500)."""
+    the view after authentication and answers 404 like an unknown one (never 422 or 500).
+    ``batch`` is not one: ``/tasks/batch`` serves POST only (and a 405 says so)."""
+
+    regex = r"(?!batch$)[^/]+"
 
     def to_python(self, value: str) -> uuid.UUID | str:
         try:
@@ -151,16 +155,16 @@ class TaskBatch(MethodView):
     @requires(Role.SUBMITTER)
     @blp.doc(operationId="submitTaskBatch")
     @blp.arguments(BatchSchema())
-    @blp.arguments(IdempotencyHeaderSchema(), location="headers", as_kwargs=True)
     @blp.response(201, BatchResultSchema)
     @documents_errors(blp, 400, 401, 403, 409, 413, 422, 429, 503)
-    def post(self, data: dict[str, Any], idempotency_key: str | None = None) -> tuple[Response, int]:
+    def post(self, data: dict[str, Any]) -> tuple[Response, int]:
         """Submit up to 1,000 tasks, all or none
 
         Each task is validated like a single submission and may carry its own
-        ``idempotency_key``; errors name the index (``{"tasks": {"3": {...}}}``).
+        ``idempotency_key``; errors name the index (``{"tasks": {"3": {...}}}``). An
+        ``Idempotency-Key`` header is refused (422): it would not say which task it keys.
         """
-        if idempotency_key is not None:
+        if request.headers.get("Idempotency-Key") is not None:
             raise ValidationError(
                 "a batch takes an idempotency_key per task, not an Idempotency-Key header",
                 {"Idempotency-Key": ["not accepted on a batch; give each task its own idempotency_key"]},
