@@ -7,37 +7,40 @@ Imports are kept inside the commands: ``taskmill api`` and ``taskmill run`` must
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import sys
 import tempfile
-import time
-import uuid
 from typing import Any
 
 import click
 
+from taskmill import cli_admin as _cli_admin
 from taskmill import cli_schedules as _cli_schedules
+from taskmill.errors import BrokerUnavailable
 from taskmill.errors import ConfigError
+from taskmill.errors import Conflict
+from taskmill.errors import InvalidTransition
+from taskmill.errors import NotFound
 from taskmill.errors import StorageUnavailable
 from taskmill.errors import TaskmillError
-from taskmill.models import TaskQuery
 
-__all__ = ["main", "cli", "EXIT_CONFIG", "EXIT_UNAVAILABLE"]
+__all__ = ["main", "cli", "EXIT_CONFIG", "EXIT_UNAVAILABLE", "EXIT_NOT_FOUND", "EXIT_CONFLICT"]
 
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_CONFIG = 2
 EXIT_UNAVAILABLE = 3
+EXIT_NOT_FOUND = _cli_admin.EXIT_NOT_FOUND
+EXIT_CONFLICT = _cli_admin.EXIT_CONFLICT
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
-        stream=sys.stderr,
-    )
+def _setup_logging(settings: Any) -> None:
+    """JSON lines (or text on a terminal), secrets masked; see :mod:`taskmill.logs`."""
+    from taskmill.config import secret_values
+    from taskmill.logs import configure
+
+    configure(settings.log_level, settings.log_format, secrets=secret_values(settings))
 
 
 class _Group(click.Group):
@@ -49,9 +52,15 @@ class _Group(click.Group):
         except ConfigError as exc:
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(EXIT_CONFIG)
-        except StorageUnavailable as exc:
+        except (StorageUnavailable, BrokerUnavailable) as exc:
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(EXIT_UNAVAILABLE)
+        except NotFound as exc:
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(EXIT_NOT_FOUND)
+        except (InvalidTransition, Conflict) as exc:
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(EXIT_CONFLICT)
         except TaskmillError as exc:
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(EXIT_ERROR)
@@ -67,7 +76,7 @@ def _runtime(settings: Any = None, upgrade: bool = True) -> Any:
     from taskmill.runtime import build_runtime
 
     settings = settings or _settings()
-    _setup_logging(settings.log_level)
+    _setup_logging(settings)
     return build_runtime(settings, upgrade=upgrade)
 
 
@@ -100,7 +109,7 @@ def cli() -> None:
 def api(host: str | None, port: int | None, workers: int | None) -> None:
     """Serve the REST API under gunicorn."""
     settings = _settings(host=host, port=port, api_workers=workers)
-    _setup_logging(settings.log_level)
+    _setup_logging(settings)
     metrics_dir = _ensure_metrics_dir(settings)
     from taskmill.runtime import build_runtime
 
@@ -200,6 +209,7 @@ def run(host: str | None, port: int | None, concurrency: int | None, queues: str
     click.echo(
         f"taskmill is running at http://{settings.host}:{settings.port}  (docs: /api/v1/docs; Ctrl-C to stop)"
     )
+    click.echo(f"Dashboard: http://{settings.host}:{settings.port}/")
     sys.stdout.flush()
     code = sup.run()
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR_KEEP"):
@@ -225,6 +235,57 @@ def db_upgrade() -> None:
         click.echo(line)
     click.echo("database is up to date")
     rt.close()
+
+
+@db.command("current")
+def db_current() -> None:
+    """Print the schema revision of the database (and whether it is the newest)."""
+    rt = _runtime(upgrade=False)
+    try:
+        click.echo(rt.storage.revision())
+    finally:
+        rt.close()
+
+
+@db.command("downgrade")
+@click.argument("revision")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def db_downgrade(revision: str, yes: bool) -> None:
+    """Undo migrations down to REVISION (e.g. 0003). Data of newer tables is lost."""
+    if not yes:
+        click.confirm(f"Downgrade the database schema to {revision}? Newer tables are dropped.", abort=True)
+    rt = _runtime(upgrade=False)
+    try:
+        rt.storage.downgrade(revision)
+        click.echo(f"database downgraded to {rt.storage.revision()}")
+    finally:
+        rt.close()
+
+
+@db.command("prune")
+@click.option("--older-than", type=click.FloatRange(min=0), default=None, help="Seconds (default: the TTLs).")
+def db_prune(older_than: float | None) -> None:
+    """Delete finished tasks past TASKMILL_RESULT_TTL and events past TASKMILL_EVENTS_RETENTION now
+    (the manager does it continuously; this is for a one-off clean-up)."""
+    import datetime as dt
+
+    rt = _runtime()
+    try:
+        now = dt.datetime.now(dt.UTC)
+        tasks_before = now - dt.timedelta(
+            seconds=older_than if older_than is not None else rt.settings.result_ttl
+        )
+        events_before = now - dt.timedelta(
+            seconds=older_than if older_than is not None else rt.settings.events_retention
+        )
+        deleted = events = 0
+        while n := rt.storage.tasks.delete_finished(tasks_before, 1000):
+            deleted += n
+        while n := rt.storage.events.prune(events_before, 10_000):
+            events += n
+        click.echo(f"deleted {deleted} finished task(s) and {events} event(s)")
+    finally:
+        rt.close()
 
 
 @cli.command()
@@ -272,137 +333,35 @@ def plugins(as_json: bool) -> None:
         click.echo(f"  {name:<20} from {d['plugin']} ({d['distribution']})")
 
 
-def _task_json(task: Any) -> dict[str, Any]:
-    from taskmill.serialize import task_to_dict
+# ---- operator commands on tasks, queues, dead letters, workers (taskmill.cli_admin) ---------------------
 
-    return task_to_dict(task)
+for _group in (
+    _cli_admin.tasks,
+    _cli_admin.queues,
+    _cli_admin.dead_letters,
+    _cli_admin.workers,
+    _cli_admin.stats,
+    _cli_admin.config,
+):
+    cli.add_command(_group)
 
-
-def _parse_id(value: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise click.BadParameter(f"not a task id: {value!r}") from None
-
-
-@cli.command()
-@click.argument("type_", metavar="TYPE")
-@click.option("--payload", "-p", default="{}", help="JSON object passed to the handler.")
-@click.option("--queue", default=None)
-@click.option("--priority", type=click.IntRange(0, 9), default=None)
-@click.option("--delay", type=click.FloatRange(min=0), default=None, help="Seconds to wait before running.")
-@click.option("--max-retries", type=click.IntRange(0, 100), default=None)
-@click.option("--timeout", type=click.IntRange(min=1), default=None)
-@click.option("--tag", "tags", multiple=True)
-@click.option("--tenant", default="default", show_default=True)
-@click.option("--wait", "wait_", is_flag=True, help="Wait until the task ends and print it.")
-def submit(
-    type_: str,
-    payload: str,
-    queue: str | None,
-    priority: int | None,
-    delay: float | None,
-    max_retries: int | None,
-    timeout: int | None,
-    tags: tuple[str, ...],
-    tenant: str,
-    wait_: bool,
-) -> None:
-    """Submit a task and print it as JSON."""
-    try:
-        body = json.loads(payload)
-    except ValueError as exc:
-        raise click.BadParameter(f"not JSON: {exc}", param_hint="--payload") from None
-    if not isinstance(body, dict):
-        raise click.BadParameter("must be a JSON object", param_hint="--payload")
-    rt = _runtime()
-    data = {
-        "type": type_,
-        "payload": body,
-        "queue": queue,
-        "priority": priority,
-        "delay": delay,
-        "max_retries": max_retries,
-        "timeout": timeout,
-        "tags": list(tags),
-    }
-    [(task, _)] = rt.lifecycle.submit(
-        [rt.lifecycle.build({k: v for k, v in data.items() if v is not None}, tenant)]
+# The first CLI's top-level task commands, kept as hidden aliases of ``taskmill tasks …``.
+for _alias, _command in (
+    ("submit", _cli_admin.tasks_submit),
+    ("show", _cli_admin.tasks_show),
+    ("list", _cli_admin.tasks_list),
+    ("cancel", _cli_admin.tasks_cancel),
+    ("retry", _cli_admin.tasks_retry),
+):
+    cli.add_command(
+        click.Command(
+            _alias,
+            callback=_command.callback,
+            params=_command.params,
+            help=f"Alias of `taskmill tasks {_alias}`.",
+            hidden=True,
+        )
     )
-    if wait_:
-        while not task.is_final:
-            time.sleep(0.2)
-            task = rt.lifecycle.get(task.id, None)
-    click.echo(json.dumps(_task_json(task), indent=2))
-
-
-@cli.command()
-@click.argument("task_id")
-def show(task_id: str) -> None:
-    """Print one task as JSON."""
-    rt = _runtime()
-    click.echo(json.dumps(_task_json(rt.lifecycle.get(_parse_id(task_id), None)), indent=2))
-
-
-@cli.command("list")
-@click.option("--status", default=None)
-@click.option("--type", "type_", default=None)
-@click.option("--queue", default=None)
-@click.option("--tenant", default=None)
-@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
-def list_(status: str | None, type_: str | None, queue: str | None, tenant: str | None, limit: int) -> None:
-    """List tasks, newest first."""
-    rt = _runtime()
-    query = TaskQuery(status=status, type=type_, queue=queue, tenant=tenant, limit=limit)
-    items, total = rt.storage.tasks.list(query)
-    click.echo(f"{'id':<36}  {'status':<10} {'type':<20} {'queue':<12} {'attempts':>8}  created")
-    for t in items:
-        click.echo(
-            f"{t.id!s:<36}  {t.status.value:<10} {t.type:<20} {t.queue:<12} {t.attempts:>8}  "
-            f"{t.created_at:%Y-%m-%d %H:%M:%S}"
-        )
-    click.echo(f"({len(items)} of {total})")
-
-
-@cli.command()
-@click.argument("task_id")
-def cancel(task_id: str) -> None:
-    """Cancel a task (a running one is asked to stop)."""
-    rt = _runtime()
-    task, done = rt.lifecycle.cancel(_parse_id(task_id), None)
-    click.echo(f"{task.id} {'cancelled' if done else 'cancel requested (running)'}")
-
-
-@cli.command()
-@click.argument("task_id")
-def retry(task_id: str) -> None:
-    """Run a failed or cancelled task again."""
-    rt = _runtime()
-    task = rt.lifecycle.retry(_parse_id(task_id), None)
-    click.echo(f"{task.id} {task.status.value}")
-
-
-@cli.command()
-def queues() -> None:
-    """Queues with their depth per state (and the broker's backlog)."""
-    rt = _runtime()
-    backlog = rt.broker.backlog()
-    for q in rt.storage.queues.stats(None):
-        depth = ", ".join(f"{k}={v}" for k, v in sorted(q.depth.items())) or "empty"
-        extra = f"  broker backlog={backlog.get(q.name, 0)}" if backlog else ""
-        click.echo(f"{q.name:<20} {'paused' if q.paused else 'active':<7} {depth}{extra}")
-
-
-@cli.command()
-def workers() -> None:
-    """Live workers."""
-    rt = _runtime()
-    for w in rt.storage.workers.list():
-        click.echo(
-            f"{w.id:<40} queues={','.join(w.queues)} processed={w.processed} failed={w.failed} "
-            f"last_heartbeat={w.last_heartbeat:%H:%M:%S} current={w.current_task or '-'}"
-        )
-
 
 cli.add_command(_cli_schedules.schedules)
 cli.add_command(_cli_schedules.workflows)

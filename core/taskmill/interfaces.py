@@ -73,6 +73,18 @@ class Storage:
         """
         raise NotImplementedError
 
+    def revision(self) -> str:
+        """The schema version the database is at (``taskmill db current``)."""
+        raise NotImplementedError
+
+    def downgrade(self, revision: str) -> None:
+        """Undo migrations down to ``revision`` (``taskmill db downgrade``); newer data is lost.
+
+        Raises:
+            StorageUnavailable: the database is unreachable.
+        """
+        raise NotImplementedError
+
     def check(self) -> None:
         """Raise StorageUnavailable unless the database answers a trivial query."""
         raise NotImplementedError

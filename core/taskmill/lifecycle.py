@@ -490,6 +490,27 @@ class Lifecycle:
             return set()
         return self.tasks.cancel_flags(task_ids)
 
+    # ---- queues and purges ----------------------------------------------------------------------
+    def pause_queue(self, name: str) -> None:
+        """Pause a queue. From the moment this returns no task of it starts: claim and start skip
+        paused queues in their own statement, on every broker. It still accepts tasks."""
+        self.storage.queues.set_paused(name, True)
+
+    def resume_queue(self, name: str) -> int:
+        """Resume a queue, and publish again its queued tasks a broker dropped while it was paused
+        (the manager's re-publish would bring them back later anyway). Returns how many."""
+        self.storage.queues.set_paused(name, False)
+        try:
+            return self.rt.broker.queue_resumed(name)
+        except BrokerUnavailable as exc:
+            logger.warning("broker unavailable; the manager re-publishes queue %s later: %s", name, exc)
+            return 0
+
+    def purge(self, task_ids: Sequence[uuid.UUID], tenant: str | None) -> int:
+        """Delete final tasks (dead letters, cancelled ones) for good; others are left alone.
+        Their journal rows stay until the retention prunes them. Returns how many."""
+        return self.storage.tasks.delete(task_ids, sorted(FINAL_STATES), tenant=tenant)
+
     # ---- manager ---------------------------------------------------------------------------------
     def release_due(self, limit: int = 1000) -> list[Task]:
         """Scheduled tasks whose ``run_at`` has come: scheduled → queued, one statement."""

@@ -138,6 +138,17 @@ class TaskStore(Protocol):
         """
         ...
 
+    def delete(
+        self, ids: Sequence[uuid.UUID], states: Sequence[TaskStatus], *, tenant: str | None = None
+    ) -> int:
+        """Delete those of ``ids`` (of ``tenant``, when given) still in one of ``states`` (final
+        states only: a purge of dead letters), with their dependency rows; return how many.
+
+        Raises:
+            StorageUnavailable: nothing was deleted.
+        """
+        ...
+
     # -- reads ---------------------------------------------------------------------------------
     def get(self, task_id: uuid.UUID, *, tenant: str | None = None) -> Task | None:
         """One task, or None (also when it belongs to another tenant).

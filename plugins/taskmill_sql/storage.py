@@ -83,6 +83,38 @@ class SqlStorage(Storage):
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
 
+    def _alembic(self) -> Any:
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        return cfg
+
+    def revision(self) -> str:
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+
+        head = ScriptDirectory.from_config(self._alembic()).get_current_head()
+        with self.db.one() as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
+        if current is None:
+            return "(empty database)"
+        return (
+            f"{current} (head)"
+            if current == head
+            else f"{current} (newest is {head}: run taskmill db upgrade)"
+        )
+
+    def downgrade(self, revision: str) -> None:
+        from alembic import command
+
+        cfg = self._alembic()
+        with self.db.tx() as conn:
+            if not self.db.is_sqlite:
+                conn.execute(text(f"SELECT pg_advisory_xact_lock({ADVISORY_LOCK})"))
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, revision)
+
     def check(self) -> None:
         with self.db.one() as conn:
             conn.execute(text("SELECT 1"))

@@ -493,6 +493,24 @@ class SqlTaskStore(TaskReads):
         with self.db.one() as conn:
             return [row_to_task(r) for r in conn.execute(stmt)]
 
+    def delete(
+        self, ids: Sequence[uuid.UUID], states: Sequence[TaskStatus], *, tenant: str | None = None
+    ) -> int:
+        wanted = [TaskStatus(s).value for s in states if TaskStatus(s).value in FINAL]
+        if not ids or not wanted:
+            return 0
+        where = [tasks.c.id.in_(list(ids)), tasks.c.status.in_(wanted)]
+        if tenant is not None:
+            where.append(tasks.c.tenant == tenant)
+        with self.db.tx() as conn:
+            picked = [r[0] for r in conn.execute(select(tasks.c.id).where(*where))]
+            if not picked:
+                return 0
+            conn.execute(delete(task_dependencies).where(task_dependencies.c.task_id.in_(picked)))
+            return conn.execute(
+                delete(tasks).where(tasks.c.id.in_(picked), tasks.c.status.in_(wanted))
+            ).rowcount
+
     def delete_finished(self, before: dt.datetime, limit: int) -> int:
         pick = select(tasks.c.id).where(tasks.c.status.in_(FINAL), tasks.c.finished_at < before).limit(limit)
         with self.db.tx() as conn:

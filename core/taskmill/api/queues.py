@@ -14,7 +14,6 @@ from taskmill.api.schemas import QUEUE_NAME_RE
 from taskmill.api.schemas import QueueSchema
 from taskmill.api.schemas import validate_queue_name
 from taskmill.app import get_runtime
-from taskmill.errors import BrokerUnavailable
 from taskmill.errors import ValidationError
 from taskmill.models import QueueInfo
 from taskmill.models import Role
@@ -45,14 +44,13 @@ def _checked_name(name: str) -> str:
 
 
 def _set_paused(name: str, paused: bool) -> QueueInfo:
-    storage = get_runtime().storage
-    storage.queues.set_paused(_checked_name(name), paused)
+    runtime = get_runtime()
+    storage = runtime.storage
+    if paused:
+        runtime.lifecycle.pause_queue(_checked_name(name))
+    else:  # deliveries dropped while paused come back now (the manager would, later)
+        runtime.lifecycle.resume_queue(_checked_name(name))
     audit("queue.pause" if paused else "queue.resume", name)
-    if not paused:  # deliveries dropped while paused come back now (the manager would, later)
-        try:
-            get_runtime().broker.queue_resumed(name)
-        except BrokerUnavailable:
-            pass
     tenant = scope_tenant()
     for info in storage.queues.stats(tenant):
         if info.name == name:
