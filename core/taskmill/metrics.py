@@ -91,7 +91,7 @@ WORKER_CPU = Counter(
 )
 WORKER_RSS = Gauge(
     "taskmill_worker_resident_memory_bytes",
-    "Resident memory of a worker and its pool processes.",
+    "Resident memory of a worker and its pool processes (shared pages counted once).",
     ["worker"],
     multiprocess_mode="livemax",
 )
@@ -468,7 +468,8 @@ def _proc_stat(pid: int) -> tuple[int, float, float, int] | None:
 
 
 def process_tree_usage(root: int) -> tuple[float, int, int] | None:
-    """CPU seconds, resident bytes and process count of ``root`` and its descendants (Linux)."""
+    """CPU seconds, resident bytes (proportional) and process count of ``root`` and its descendants
+    (Linux)."""
     stats: dict[int, tuple[int, float, float, int]] = {}
     try:
         names = os.listdir("/proc")
@@ -490,8 +491,21 @@ def process_tree_usage(root: int) -> tuple[float, int, int] | None:
         tree.append(pid)
         todo.extend(children.get(pid, ()))
     cpu = stats[root][2] + sum(stats[p][1] for p in tree)
-    rss = sum(stats[p][3] for p in tree)
-    return cpu, rss, len(tree)
+    memory = sum(_proportional(p, stats[p][3]) for p in tree)
+    return cpu, memory, len(tree)
+
+
+def _proportional(pid: int, rss: int) -> int:
+    """Proportional resident bytes (pages shared after a fork counted once over the pool), or
+    ``rss`` where the kernel has no ``smaps_rollup``."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return rss
 
 
 class ResourceSampler:
