@@ -55,14 +55,19 @@ class Settings:
     broker_url: str = ""
     """Broker URL; empty means the SQL broker on the database (``TASKMILL_BROKER_URL``)."""
     host: str = "127.0.0.1"
+    """Address `taskmill api` and `taskmill run` listen on (also `--host`)."""
     port: int = 8000
+    """Port `taskmill api` and `taskmill run` listen on (also `--port`)."""
     api_workers: int = 2
     """gunicorn worker processes of ``taskmill api`` (``TASKMILL_API_WORKERS``)."""
     api_threads: int = 1
     """Threads per gunicorn worker; more than 1 selects the gthread worker."""
     max_payload_bytes: int = 1024 * 1024
+    """Largest request body; a larger one is a 413."""
     retry_backoff_max: float = 300.0
+    """Cap, in seconds, of the exponential back-off between attempts."""
     cancel_grace: float = 5.0
+    """Seconds a cancelled running task has to stop on its own before it is stopped by force."""
     auth: str = "apikey"
     """``apikey`` (API keys and JWT) or ``none`` (local development on loopback only)."""
     secret_key: str = ""
@@ -80,12 +85,11 @@ class Settings:
     shutdown_timeout: float = 30.0
     """Seconds a worker waits for running tasks on SIGTERM before handing them back."""
     manager_interval: float = 1.0
+    """Seconds between two ticks of a manager (release, recover, re-publish, schedules)."""
     republish_after: float = 30.0
     """Seconds a queued task may sit before the manager checks the broker still holds it."""
     result_ttl: float = 7 * 86400.0
     """Seconds finished tasks are kept; at least one day so idempotency keys live 24 h."""
-    events_retention: float = 86400.0
-    """Seconds events stay in the journal (webhooks, the events stream and the dashboard read it)."""
     events_retention: float = 86400.0
     """Seconds events stay in the journal (webhooks, the events stream and the dashboard read it)."""
     rate_limit: str = ""
@@ -97,9 +101,11 @@ class Settings:
     log_format: str = "auto"
     """``json`` (one object per line), ``text``, or ``auto``: text on a terminal, JSON otherwise."""
     disabled_plugins: tuple[str, ...] = ()
+    """Entry-point names of plugins not to load (comma-separated)."""
     load_plugins: tuple[str, ...] | None = None
     """When set, only these distributions' plugins are loaded (tests use this)."""
     trace_plugins: bool = False
+    """Log every plugin hook call (DEBUG)."""
     metrics_dir: str = ""
     """PROMETHEUS_MULTIPROC_DIR shared by every role of one installation."""
     extra: tuple[tuple[str, Any], ...] = ()
