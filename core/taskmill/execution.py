@@ -17,6 +17,7 @@ from typing import Any
 
 from taskmill.errors import Retry
 from taskmill.handlers import HandlerContext
+from taskmill.logs import task_context
 from taskmill.models import Outcome
 from taskmill.models import Task
 
@@ -50,7 +51,19 @@ def run_handler(
     check_cancel: Callable[[], bool] | None = None,
 ) -> Outcome:
     """Run ``task``'s handler once and describe how it ended. Never raises (but lets
-    ``KeyboardInterrupt``/``SystemExit`` of the worker itself through)."""
+    ``KeyboardInterrupt``/``SystemExit`` of the worker itself through). Every log line written
+    meanwhile, the handler's own included, carries the task's fields (:mod:`taskmill.logs`)."""
+    with task_context(task, worker=getattr(runtime, "worker_id", None) or None):
+        return _run_handler(runtime, task, report_progress=report_progress, check_cancel=check_cancel)
+
+
+def _run_handler(
+    runtime: Runtime,
+    task: Task,
+    *,
+    report_progress: Callable[[float], None] | None,
+    check_cancel: Callable[[], bool] | None,
+) -> Outcome:
     started = time.monotonic()
     spec = runtime.registries.handler(task.type)
     if spec is None:

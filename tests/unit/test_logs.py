@@ -121,3 +121,32 @@ def test_every_api_answer_carries_a_request_id_and_its_log_lines_too(
     assert len(made.headers["X-Request-ID"]) == 32 and " " not in made.headers["X-Request-ID"]
     probe_lines = [line for line in lines(captured) if line["msg"] == "inside the request"]
     assert probe_lines and probe_lines[0]["request_id"] == "req-42.a"
+
+
+def test_a_handlers_own_log_lines_carry_its_task(make_app: Any, captured: io.StringIO) -> None:
+    from taskmill import handler
+    from taskmill import hookimpl
+    from taskmill.execution import run_handler
+
+    @handler("t.chatty")
+    def chatty(ctx: Any, payload: dict[str, Any]) -> dict[str, Any]:
+        ctx.logger.info("working on it")
+        return {}
+
+    class Chatty:
+        @hookimpl
+        def taskmill_handlers(self) -> list[Any]:
+            return [chatty]
+
+    rt = make_app(plugins=[Chatty()]).extensions["taskmill"]
+    rt.worker_id = "w-9"
+    task = Task(id=uuid.uuid4(), type="t.chatty", queue="q7", tenant="acme", attempts=1)
+    assert run_handler(rt, task).kind == "completed"
+    [line] = [x for x in lines(captured) if x["msg"] == "working on it"]
+    assert (line["task_id"], line["queue"], line["tenant"], line["worker"], line["attempt"]) == (
+        str(task.id),
+        "q7",
+        "acme",
+        "w-9",
+        1,
+    )

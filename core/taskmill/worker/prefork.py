@@ -54,6 +54,8 @@ def task_msg(task: Task) -> dict[str, Any]:
         "payload": task.payload,
         "attempts": task.attempts,
         "timeout": task.timeout,
+        "queue": task.queue,  # for the child's log lines (taskmill.logs.task_context)
+        "tenant": task.tenant,
     }
 
 
@@ -64,6 +66,8 @@ def task_from_msg(data: dict[str, Any]) -> Task:
         payload=data["payload"],
         attempts=data["attempts"],
         timeout=data["timeout"],
+        queue=data.get("queue", "default"),
+        tenant=data.get("tenant", "default"),
     )
 
 
