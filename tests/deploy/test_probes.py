@@ -170,6 +170,14 @@ def test_metrics_port_asks_for_the_token(tmp_path: Path):
         rt.close()
 
 
+def sample(name: str) -> float:
+    from prometheus_client import REGISTRY
+
+    value = REGISTRY.get_sample_value(name, {"worker": "sampler-test"})
+    assert value is not None, name
+    return value
+
+
 def test_resource_sampler_counts_the_pool(runtime: Any):
     child = subprocess.Popen([sys.executable, "-c", "import time; x = bytearray(30_000_000); time.sleep(30)"])
     try:
@@ -177,14 +185,14 @@ def test_resource_sampler_counts_the_pool(runtime: Any):
         runtime.worker_id = "sampler-test"
         sampler = metrics.ResourceSampler(runtime)
         sampler.sample()
-        processes = metrics.WORKER_PROCESSES.labels("sampler-test")._value.get()  # noqa: SLF001
-        rss = metrics.WORKER_RSS.labels("sampler-test")._value.get()  # noqa: SLF001
+        processes = sample("taskmill_worker_processes")
+        rss = sample("taskmill_worker_resident_memory_bytes")
         assert processes >= 2
         assert rss > 30_000_000
-        cpu = metrics.WORKER_CPU.labels("sampler-test")._value.get()  # noqa: SLF001
+        cpu = sample("taskmill_worker_cpu_seconds_total")
         sum(i * i for i in range(300_000))
         sampler.sample()
-        assert metrics.WORKER_CPU.labels("sampler-test")._value.get() > cpu  # noqa: SLF001
+        assert sample("taskmill_worker_cpu_seconds_total") > cpu
     finally:
         child.kill()
         child.wait()
