@@ -242,6 +242,7 @@ class RabbitConsumer:
         self.generation += 1
         self.connects += 1
         self._suspended = False
+        self._resume_wanted = False
         self._start_consuming()
         with self._cond:
             self._up = True
@@ -268,6 +269,8 @@ class RabbitConsumer:
                 # process_data_events does not raise for it
                 raise BrokerUnavailable("the broker closed the consumer channel")
             self._hand_back_unwanted()
+            if self._suspended and time.monotonic() - self._last_demand < self.hold:
+                self._resume()  # core asks again (in case its wake-up callback was lost)
             if time.monotonic() >= next_qos:
                 self._adapt_qos()
                 next_qos = time.monotonic() + _QOS_EVERY
