@@ -191,23 +191,32 @@ class Reads:
             rows = conn.execute(select(queues_table.c.name, queues_table.c.paused))
             return {name: bool(paused) for name, paused in rows}
 
-    def submitted_per_minute(self, since: dt.datetime) -> list[tuple[str, str, int, int]]:
-        """``(tenant, queue, minute, count)`` of tasks created at or after ``since``."""
+    def submitted_per_minute(
+        self, since: dt.datetime, before: dt.datetime | None = None
+    ) -> list[tuple[str, str, int, int]]:
+        """``(tenant, queue, minute, count)`` of tasks created at or after ``since`` (and before
+        ``before``)."""
         minute = _minute(tasks.c.created_at, self.sqlite).label("minute")
+        upper = [] if before is None else [tasks.c.created_at < before]
         stmt = (
             select(tasks.c.tenant, tasks.c.queue, minute, func.count())
-            .where(tasks.c.created_at >= since)
+            .where(tasks.c.created_at >= since, *upper)
             .group_by(tasks.c.tenant, tasks.c.queue, minute)
         )
         with self._conn() as conn:
             return [(t, q, int(m), int(n)) for t, q, m, n in conn.execute(stmt)]
 
-    def finished_per_minute(self, since: dt.datetime) -> list[tuple[str, str, str, int, int]]:
-        """``(tenant, queue, status, minute, count)`` of tasks that ended at or after ``since``."""
+    def finished_per_minute(
+        self, since: dt.datetime, before: dt.datetime | None = None
+    ) -> list[tuple[str, str, str, int, int]]:
+        """``(tenant, queue, status, minute, count)`` of tasks that ended at or after ``since`` (and
+        before ``before``)."""
         minute = _minute(tasks.c.finished_at, self.sqlite).label("minute")
+        upper = [] if before is None else [tasks.c.finished_at < before]
+        final = tasks.c.status.in_(("completed", "failed", "cancelled"))
         stmt = (
             select(tasks.c.tenant, tasks.c.queue, tasks.c.status, minute, func.count())
-            .where(tasks.c.status.in_(("completed", "failed", "cancelled")), tasks.c.finished_at >= since)
+            .where(final, tasks.c.finished_at >= since, *upper)
             .group_by(tasks.c.tenant, tasks.c.queue, tasks.c.status, minute)
         )
         with self._conn() as conn:
