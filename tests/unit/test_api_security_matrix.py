@@ -59,7 +59,43 @@ def _key(s: Secured, tenant: str) -> Call:
     return Call(f"/api/v1/api-keys/{created['id']}", owner=tenant)
 
 
+def _schedule(s: Secured, tenant: str, suffix: str = "") -> Call:
+    from taskmill.schedules import ScheduleService
+
+    name = f"m{uuid.uuid4().hex[:10]}"
+    ScheduleService(s.runtime).create({"name": name, "interval": 60, "type": "t.echo"}, tenant)
+    return Call(f"/api/v1/schedules/{name}{suffix}", owner=tenant)
+
+
+def _workflow(s: Secured, tenant: str) -> Call:
+    from taskmill.workflows import WorkflowService
+
+    wf = WorkflowService(s.runtime).submit({"tasks": [{"key": "a", "type": "t.echo"}]}, tenant)
+    return Call(f"/api/v1/workflows/{wf.id}", owner=tenant)
+
+
+def _deliveries(s: Secured, tenant: str) -> Call:
+    task = s.submit(tenant)
+    return Call(f"/api/v1/tasks/{task.id}/deliveries", owner=tenant)
+
+
 CALLS: dict[tuple[str, str], Callable[[Secured, str], Call]] = {
+    ("/api/v1/schedules", "GET"): lambda s, t: Call("/api/v1/schedules"),
+    ("/api/v1/schedules", "POST"): lambda s, t: Call(
+        "/api/v1/schedules", {"name": f"m{uuid.uuid4().hex[:10]}", "interval": 60, "type": "t.echo"}
+    ),
+    ("/api/v1/schedules/<string:name>", "GET"): _schedule,
+    ("/api/v1/schedules/<string:name>", "DELETE"): _schedule,
+    ("/api/v1/schedules/<string:name>/pause", "POST"): lambda s, t: _schedule(s, t, "/pause"),
+    ("/api/v1/schedules/<string:name>/resume", "POST"): lambda s, t: _schedule(s, t, "/resume"),
+    ("/api/v1/workflows", "GET"): lambda s, t: Call("/api/v1/workflows"),
+    ("/api/v1/workflows", "POST"): lambda s, t: Call(
+        "/api/v1/workflows", {"tasks": [{"key": "a", "type": "t.echo"}]}
+    ),
+    ("/api/v1/workflows/<taskid:workflow_id>", "GET"): _workflow,
+    ("/api/v1/workflows/<taskid:workflow_id>", "DELETE"): _workflow,
+    ("/api/v1/events", "GET"): lambda s, t: Call("/api/v1/events"),
+    ("/api/v1/tasks/<taskid:task_id>/deliveries", "GET"): _deliveries,
     ("/api/v1/tasks", "GET"): lambda s, t: Call("/api/v1/tasks"),
     ("/api/v1/tasks", "POST"): lambda s, t: Call("/api/v1/tasks", {"type": "t.echo"}),
     ("/api/v1/tasks/batch", "POST"): lambda s, t: Call(
@@ -100,6 +136,7 @@ BULK_ROUTES = {("/api/v1/dead-letters/requeue", "POST")}
 def matrix(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """One auth-on app of the whole installed distribution, shared by the matrix tests."""
     app = build_secured_app(tmp_path_factory.mktemp("matrix") / "m.db", load_plugins=["taskmill"])
+    app.config["TASKMILL_EVENTS_MAX_AGE"] = 0.1  # the events stream ends, so a call returns
     secured = Secured(app)
     yield secured
     secured.runtime.close()
