@@ -363,3 +363,47 @@ def test_event_streams_follow_the_sessions_tenant(web: Secured) -> None:
         assert "event: task.cancelled" in _first_chunks(r, "event: task.cancelled")
     finally:
         r.close()
+
+
+def test_schedules_listed_paused_resumed_and_deleted(web: Secured) -> None:
+    headers = web.headers("operator")
+    r = web.client.post(
+        "/api/v1/schedules", json={"name": "nightly", "cron": "0 3 * * *", "type": "t.echo"}, headers=headers
+    )
+    if r.status_code == 404:
+        pytest.skip("this core has no schedules")
+    assert r.status_code == 201, r.text
+    theirs = web.client.post(
+        "/api/v1/schedules",
+        json={"name": "theirs", "interval": 60, "type": "t.echo"},
+        headers=web.headers("operator", "other"),
+    )
+    assert theirs.status_code == 201
+    client = sign_in(web, "operator")
+    page = client.get("/dashboard/schedules")
+    assert "nightly" in page.text and "0 3 * * *" in page.text and "theirs" not in page.text
+    csrf = csrf_of(page.text)
+    assert client.post("/dashboard/schedules/nightly/pause", data={"csrf_token": csrf}).status_code == 303
+    assert 'class="badge paused"' in client.get("/dashboard/schedules").text
+    assert client.post("/dashboard/schedules/theirs/pause", data={"csrf_token": csrf}).status_code == 404
+    assert client.post("/dashboard/schedules/nightly/resume", data={"csrf_token": csrf}).status_code == 303
+    assert client.post("/dashboard/schedules/nightly/delete", data={"csrf_token": csrf}).status_code == 303
+    assert '<th scope="row">nightly' not in client.get("/dashboard/schedules").text
+    assert sign_in(web, "viewer").get("/dashboard/schedules").status_code == 403  # the API's role
+
+
+def test_workflow_graph_page(web: Secured) -> None:
+    body = {"tasks": [{"key": "a", "type": "t.echo"}, {"key": "b", "type": "t.echo", "depends_on": ["a"]}]}
+    r = web.client.post("/api/v1/workflows", json=body, headers=web.headers("submitter"))
+    if r.status_code == 404:
+        pytest.skip("this core has no workflows")
+    assert r.status_code == 201, r.text
+    workflow_id = r.json["id"]
+    client = sign_in(web, "viewer")
+    assert workflow_id in client.get("/dashboard/workflows").text
+    page = client.get(f"/dashboard/workflows/{workflow_id}")
+    assert page.status_code == 200
+    assert page.text.count('class="node n-') == 2 and page.text.count('class="edge"') == 1
+    assert client.get(f"/dashboard/tasks?workflow={workflow_id}").text.count('href="/dashboard/tasks/') == 2
+    other = sign_in(web, "viewer", "other")
+    assert other.get(f"/dashboard/workflows/{workflow_id}").status_code == 404
