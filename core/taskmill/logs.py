@@ -149,6 +149,9 @@ class RedactingFilter(logging.Filter):
         if record.exc_text:
             record.exc_text = self.redact(record.exc_text)
         record.msg, record.args = redacted, None
+        for key, value in vars(record).items():  # extra= fields (a traceback, a URL) too
+            if isinstance(value, str) and key not in _EXTRA_SKIP:
+                setattr(record, key, self.redact(value))
         return True
 
 

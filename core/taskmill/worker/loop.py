@@ -31,9 +31,11 @@ from typing import Any
 
 from taskmill.errors import BrokerUnavailable
 from taskmill.errors import StorageUnavailable
+from taskmill.logs import task_context
 from taskmill.models import Outcome
 from taskmill.models import Task
 from taskmill.models import WorkerInfo
+from taskmill.probes import beat
 from taskmill.worker.cancel import CancelWatch
 from taskmill.worker.options import WorkerOptions
 from taskmill.worker.outcomes import OutcomeBuffer
@@ -181,6 +183,7 @@ class WorkerLoop:
         idle_sleep = 0.01
         idle_cap = self.settings.poll_interval if fd is not None else min(0.1, self.settings.poll_interval)
         while True:
+            beat()  # liveness: /health/live fails when this loop stops passing
             now = time.monotonic()
             if self.force or (self.stopping and now >= self._stop_deadline):
                 return
@@ -337,14 +340,19 @@ class WorkerLoop:
             for task_id in newly:
                 self.pool.cancel(task_id)
             for task_id in forced:
-                logger.info("task %s did not stop within the cancel grace period; killing it", task_id)
+                held = self.running.get(task_id)
+                with task_context(held.task if held else None, worker=self.worker_id):
+                    logger.info("task %s did not stop within the cancel grace period; killing it", task_id)
                 self._kill(
                     task_id, "cancelled", "Cancelled", "stopped by force after the cancel grace period"
                 )
             now = time.monotonic()
             for r in list(self.running.values()):
                 if now >= r.deadline:
-                    logger.info("task %s ran past its timeout of %ss; killing it", r.task.id, r.task.timeout)
+                    with task_context(r.task, worker=self.worker_id):
+                        logger.info(
+                            "task %s ran past its timeout of %ss; killing it", r.task.id, r.task.timeout
+                        )
                     self._kill(r.task.id, "failed", "TimeoutError", f"timed out after {r.task.timeout}s")
         if self.progress.due():
             self.progress.flush()
@@ -383,7 +391,8 @@ class WorkerLoop:
             for task in self.pool.close(force=True):
                 r = self.running.pop(task.id, None)
                 if r is not None and not r.taken_away:
-                    logger.warning("handing back task %s, still running at shutdown", task.id)
+                    with task_context(task, worker=self.worker_id):
+                        logger.warning("handing back task %s, still running at shutdown", task.id)
                     self.outcomes.put(task, Outcome(task.id, "requeue"))
         finally:
             try:

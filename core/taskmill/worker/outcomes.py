@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from taskmill.errors import StorageUnavailable
+from taskmill.logs import task_context
 from taskmill.models import Outcome
 from taskmill.models import Task
 
@@ -66,6 +67,8 @@ class OutcomeBuffer:
         return len(self._pending)
 
     def put(self, task: Task, outcome: Outcome) -> None:
+        if outcome.kind in ("failed", "retry"):
+            _log_failure(task, outcome, self.worker_id)
         with self._cond:
             if not self._pending:
                 self._first_at = self.clock()
@@ -136,3 +139,17 @@ class OutcomeBuffer:
                 return written
         logger.error("gave up recording %s outcome(s); the manager will recover those tasks", len(batch))
         return []
+
+
+def _log_failure(task: Task, outcome: Outcome, worker_id: str) -> None:
+    """One WARNING line per failed attempt, with the task's fields and the handler's traceback."""
+    error = outcome.error or {}
+    with task_context(task, worker=worker_id):
+        logger.warning(
+            "attempt %s of task %s failed: %s: %s",
+            task.attempts,
+            task.id,
+            error.get("type"),
+            error.get("message"),
+            extra={"traceback": error.get("traceback")} if error.get("traceback") else None,
+        )
