@@ -22,6 +22,7 @@ from taskmill.errors import BrokerUnavailable
 from taskmill.errors import StorageUnavailable
 from taskmill.journal import JournalFeed
 from taskmill.models import utcnow
+from taskmill.probes import beat
 from taskmill.schedules import timer_for
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -56,6 +57,7 @@ class Manager:
             signal.signal(signal.SIGINT, self.stop)
         logger.info("manager started (tick every %ss)", self.settings.manager_interval)
         while not self._stop.is_set():
+            beat()  # liveness: /health/live fails when this loop stops passing
             started = time.monotonic()
             try:
                 self.tick()

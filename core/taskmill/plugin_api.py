@@ -71,6 +71,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers; at run time names res
     from taskmill.models import TaskStatus
     from taskmill.models import WorkerInfo
     from taskmill.models import utcnow
+    from taskmill.probes import beat
     from taskmill.registry import scheme_of
     from taskmill.runtime import Runtime
     from taskmill.runtime import build_runtime
@@ -154,6 +155,7 @@ __all__ = [
     "current_runtime",
     "set_current_runtime",
     "die_with_parent",
+    "beat",
     # web extensions (taskmill_app)
     "Blueprint",
     "register_blueprint",
@@ -228,6 +230,7 @@ _WHERE: dict[str, str] = {
     "current_runtime": "taskmill.worker",
     "set_current_runtime": "taskmill.worker",
     "die_with_parent": "taskmill.worker",
+    "beat": "taskmill.probes",
     "Blueprint": "taskmill.api.blueprint",
     "register_blueprint": "taskmill.api",
     "requires": "taskmill.api.auth",

@@ -125,10 +125,15 @@ def component_status(
 _last_beat: float | None = None
 
 
-def beat() -> None:
-    """Record one pass of this process's main loop (cheap: one clock read)."""
+def beat(busy_for: float = 0.0) -> None:
+    """Record one pass of this process's main loop (cheap: one clock read).
+
+    Args:
+        busy_for: the loop is busy for up to this many more seconds by design (a task that
+            runs in the loop's own thread, bounded by its timeout, as in RQ's SimpleWorker).
+    """
     global _last_beat
-    _last_beat = time.monotonic()
+    _last_beat = time.monotonic() + busy_for
 
 
 def liveness(window: float = LIVENESS_WINDOW) -> tuple[bool, str]:

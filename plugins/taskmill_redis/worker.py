@@ -55,6 +55,7 @@ from taskmill.plugin_api import Task
 from taskmill.plugin_api import TimeoutExpired
 from taskmill.plugin_api import WorkerInfo
 from taskmill.plugin_api import WorkerOptions
+from taskmill.plugin_api import beat
 from taskmill.plugin_api import current_runtime
 from taskmill.plugin_api import die_with_parent as set_parent_death_signal
 from taskmill_redis import jobs
@@ -184,6 +185,7 @@ class TaskmillWorkerMixin:
     # ---- fewer Redis writes per job (PostgreSQL keeps the records) -----------------------------
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         """RQ's worker-key heartbeat, at most every ``RQ_HEARTBEAT_EVERY`` seconds between jobs."""
+        beat()  # liveness: RQ heartbeats on every pass of its loop (and a work-horse's wait)
         now = time.monotonic()
         if pipeline is None and timeout is None and now - self._tm_beat < RQ_HEARTBEAT_EVERY:
             return
@@ -290,6 +292,7 @@ class TaskmillSimpleWorker(TaskmillWorkerMixin, SimpleWorker):
         task = self._tm_take(job)
         if task is None:
             return
+        beat(busy_for=task.timeout + self._tm_rt.settings.cancel_grace)  # the task runs in the loop
         try:
             self.perform_job(job, queue)
         finally:
