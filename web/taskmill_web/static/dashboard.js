@@ -202,7 +202,13 @@
         var fresh = doc.getElementById("main");
         var main = document.getElementById("main");
         if (fresh && main) {
+          // keep the keyboard focus where it was (same button or field in the new content)
+          var active = document.activeElement;
+          var testid = active && active.getAttribute && active.getAttribute("data-testid");
+          var id = active && active.id;
           main.replaceChildren.apply(main, Array.prototype.slice.call(fresh.childNodes).map(function (n) { return document.importNode(n, true); }));
+          var again = testid ? main.querySelector("[data-testid='" + testid + "']") : (id ? document.getElementById(id) : null);
+          if (again) { again.focus(); } else if (active && active !== document.body && !document.contains(active)) { main.focus(); }
           start();
         }
       });
