@@ -1,0 +1,29 @@
+"""taskmill-checksum: a taskmill handler plugin (``files.checksum``), made to be copied.
+
+The entry point ``checksum = "taskmill_checksum"`` (group ``taskmill``, in ``pyproject.toml``)
+names this module; taskmill registers the hook implementations below from it.
+"""
+
+from __future__ import annotations
+
+from taskmill import HandlerSpec
+from taskmill import hookimpl
+from taskmill.plugin_api import SettingsSpec
+
+from taskmill_checksum.checksum import CHECKSUM_SETTINGS
+from taskmill_checksum.checksum import ChecksumPayload
+from taskmill_checksum.checksum import checksum
+
+__all__ = ["CHECKSUM_SETTINGS", "ChecksumPayload", "checksum", "taskmill_handlers", "taskmill_settings"]
+
+
+@hookimpl
+def taskmill_handlers() -> list[HandlerSpec]:
+    """Declare this plugin's handlers: ``files.checksum``."""
+    return [checksum]
+
+
+@hookimpl
+def taskmill_settings() -> list[SettingsSpec]:
+    """Declare ``TASKMILL_CHECKSUM_*`` (validated by taskmill at start, listed by ``taskmill config``)."""
+    return [CHECKSUM_SETTINGS]
