@@ -7,6 +7,7 @@ Debian's ``chromium`` driven by Playwright for Python (never ``playwright instal
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -21,6 +22,8 @@ import pytest
 from tests.e2e.conftest import ROOT
 from tests.e2e.conftest import Installation
 from tests.e2e.conftest import taskmill_run
+from tests.services import postgres_url
+from tests.services import scratch_database
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -89,8 +92,9 @@ def png_luma(data: bytes) -> list[int]:
 
 def shoot(page: Any, name: str) -> Path:
     """Save a full-page screenshot and insist it shows something (not one flat colour)."""
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    path = ARTIFACTS / f"{name}.png"
+    folder = getattr(page, "artifacts", ARTIFACTS)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
     data = page.screenshot(path=str(path), full_page=True)
     luma = png_luma(data)
     mean = sum(luma) / len(luma)
@@ -104,11 +108,18 @@ def shoot(page: Any, name: str) -> Path:
 # ---- fixtures ----------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installation]:
-    path = tmp_path_factory.mktemp("dash") / "taskmill.db"
-    with taskmill_run(tmp_path_factory.mktemp("run"), {"TASKMILL_DATABASE_URL": f"sqlite:///{path}"}) as inst:
-        yield inst
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installation]:
+    """`taskmill run` on the embedded default (SQLite), and on PostgreSQL."""
+    with contextlib.ExitStack() as stack:
+        if request.param == "sqlite":
+            url = f"sqlite:///{tmp_path_factory.mktemp('dash') / 'taskmill.db'}"
+        else:
+            url = stack.enter_context(scratch_database(postgres_url()))
+        workdir = tmp_path_factory.mktemp("run")
+        run = stack.enter_context(taskmill_run(workdir, {"TASKMILL_DATABASE_URL": url}))
+        run.artifacts = ARTIFACTS / request.param  # type: ignore[attr-defined]
+        yield run
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +134,7 @@ def browser() -> Iterator[Any]:
             b.close()
 
 
-def new_page(browser: Any, *, phone: bool = False) -> Any:
+def new_page(browser: Any, site: Installation, *, phone: bool = False) -> Any:
     size = {"width": 390, "height": 844} if phone else {"width": 1280, "height": 900}
     context = browser.new_context(viewport=size)
     page = context.new_page()
@@ -132,6 +143,7 @@ def new_page(browser: Any, *, phone: bool = False) -> Any:
     errors: list[str] = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.console_errors = errors  # type: ignore[attr-defined]
+    page.artifacts = site.artifacts  # type: ignore[attr-defined]
     return page
 
 
@@ -151,7 +163,7 @@ def create_key(site: Installation, tenant: str, role: str) -> str:
 
 @pytest.fixture(scope="module")
 def admin(browser: Any, site: Installation) -> Iterator[Any]:
-    page = new_page(browser)
+    page = new_page(browser, site)
     sign_in(page, site, site.key)
     yield page
     page.context.close()
@@ -268,7 +280,7 @@ def test_open_a_workflow_graph(admin: Any, site: Installation) -> None:
 
 def test_viewer_sees_no_buttons_and_a_forged_post_is_refused(browser: Any, site: Installation) -> None:
     task = site.post("/api/v1/tasks", {"type": "sleep", "payload": {"seconds": 30}}).json()
-    page = new_page(browser)
+    page = new_page(browser, site)
     try:
         sign_in(page, site, create_key(site, "default", "viewer"))
         page.goto(f"{site.base}/dashboard/tasks/{task['id']}")
@@ -292,7 +304,7 @@ def test_another_tenants_task_is_not_reachable(browser: Any, site: Installation)
         site.base + "/api/v1/tasks", json={"type": "echo"}, headers={"Authorization": f"Bearer {other_key}"}
     )
     theirs = r.json()
-    page = new_page(browser)
+    page = new_page(browser, site)
     try:
         sign_in(page, site, create_key(site, "default", "operator"))
         response = page.goto(f"{site.base}/dashboard/tasks/{theirs['id']}")
@@ -303,7 +315,7 @@ def test_another_tenants_task_is_not_reachable(browser: Any, site: Installation)
 
 
 def test_phone_sized_screen_and_sign_out(browser: Any, site: Installation) -> None:
-    page = new_page(browser, phone=True)
+    page = new_page(browser, site, phone=True)
     try:
         sign_in(page, site, site.key)
         width = page.evaluate("document.documentElement.scrollWidth")
