@@ -1,36 +1,9 @@
-"""A Python client of the taskmill HTTP API (``from taskmill.client import Client``).
-
-It needs only ``requests``: importing it loads no Flask, SQLAlchemy or broker library, so an
-application that only submits tasks stays light.
-
-    client = Client("http://127.0.0.1:8000", api_key="tm_…")
-    task = client.submit("echo", {"hello": "world"})
-    final = client.wait(task["id"], timeout=60)
-
-One ``requests.Session`` per client, so connections are reused (a client is meant to be shared
-by the threads of a process only if each uses its own client; ``requests`` sessions are not
-documented as thread-safe).
-
-**Retries.** A request is repeated after a 503 (API.md: nothing was half-written; the wait honours
-``Retry-After``) or a connection error only when repeating it cannot do anything twice:
-``get``, every page of ``list``, ``cancel`` (cancelling twice ends in the same state), the
-reconnects of ``events``, and ``submit``/``submit_many`` when every task carries an idempotency
-key (the server answers a repeat with the first task). ``retry``, ``submit_workflow`` and a
-submission without an idempotency key are sent once. A 429 is never repeated: it raises
-:class:`RateLimited`, whose ``retry_after`` says when to try again.
-
-**Errors.** Every refused request raises a :class:`ClientError` subclass chosen by its status
-(``ValidationFailed`` 400/422, ``Unauthorized`` 401, ``Forbidden`` 403, ``NotFound`` 404,
-``Conflict`` 409, ``PayloadTooLarge`` 413, ``RateLimited`` 429, ``Unavailable`` 503), with
-``.status`` and ``.body`` (the server's JSON error body). A server that cannot be reached raises
-:class:`ConnectionFailed` (``status`` None).
-"""
+"""The :class:`Client` of ``taskmill.client`` (see the package docstring)."""
 
 from __future__ import annotations
 
 import enum
 import json
-import re
 import time
 import uuid
 from collections.abc import Iterable
@@ -41,27 +14,19 @@ from typing import Any
 import requests
 import urllib3
 
-__all__ = [
-    "Client",
-    "ClientError",
-    "ValidationFailed",
-    "Unauthorized",
-    "Forbidden",
-    "NotFound",
-    "Conflict",
-    "PayloadTooLarge",
-    "RateLimited",
-    "Unavailable",
-    "ConnectionFailed",
-    "FINAL_STATUSES",
-    "Event",
-]
+from taskmill.client.errors import ClientError
+from taskmill.client.errors import ConnectionFailed
+from taskmill.client.errors import NotFound
+from taskmill.client.errors import Unavailable
+from taskmill.client.errors import _RetryAfter
+from taskmill.client.errors import error_of
+from taskmill.client.sse import Event
+from taskmill.client.sse import parse_stream
+
+__all__ = ["Client", "FINAL_STATUSES"]
 
 FINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 """States a task does not leave by itself (``failed`` ones wait in the dead-letter queue)."""
-
-Event = tuple[int | None, str, Any]
-"""One server-sent event: ``(id, name, data)``; for task events ``data`` is the task resource."""
 
 API = "/api/v1"
 DEFAULT_TIMEOUT = 10.0
@@ -74,121 +39,6 @@ MAX_BACKOFF = 30.0
 
 _STREAM_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, OSError)
 """What reading a stream raises when the connection breaks or stays silent too long."""
-_LINE_END = re.compile(rb"\r\n|\r|\n")
-
-
-# ---- errors ----------------------------------------------------------------------------------------
-
-
-class ClientError(Exception):
-    """A request the server refused (or could not be sent).
-
-    Attributes:
-        status: the HTTP status, or None when no answer came.
-        body: the decoded JSON error body (``{"code", "status", "message", "errors"}``), the raw
-            text when it was not JSON, or None.
-        headers: the response headers (empty when no answer came).
-    """
-
-    def __init__(
-        self,
-        message: str,
-        status: int | None = None,
-        body: Any = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.body = body
-        self.headers: Mapping[str, str] = headers or {}
-
-    @property
-    def errors(self) -> dict[str, Any]:
-        """The ``errors`` object of the body (which field was wrong, and why)."""
-        if isinstance(self.body, dict) and isinstance(self.body.get("errors"), dict):
-            return self.body["errors"]
-        return {}
-
-
-class ValidationFailed(ClientError):
-    """400 (the body is not JSON) or 422 (validation failed: see :attr:`errors`)."""
-
-
-class Unauthorized(ClientError):
-    """401: no credential, or one the server does not accept."""
-
-
-class Forbidden(ClientError):
-    """403: the credential's role does not allow this."""
-
-
-class NotFound(ClientError):
-    """404: no such object in the caller's tenant (or no such endpoint on this server)."""
-
-
-class Conflict(ClientError):
-    """409: the action does not fit the state, or an idempotency key was reused with another body."""
-
-
-class PayloadTooLarge(ClientError):
-    """413: the body is larger than the server's ``TASKMILL_MAX_PAYLOAD_BYTES``."""
-
-
-class _RetryAfter(ClientError):
-    @property
-    def retry_after(self) -> float | None:
-        """Seconds the server asked to wait (``Retry-After``), or None."""
-        return _retry_after(self.headers)
-
-
-class RateLimited(_RetryAfter):
-    """429: over the rate limit or the tenant's quota; wait :attr:`retry_after` seconds."""
-
-
-class Unavailable(_RetryAfter):
-    """503: the server's storage or broker is unreachable; nothing was written."""
-
-
-class ConnectionFailed(ClientError):
-    """The server could not be reached, or the connection broke (``status`` is None)."""
-
-
-_BY_STATUS: dict[int, type[ClientError]] = {
-    400: ValidationFailed,
-    401: Unauthorized,
-    403: Forbidden,
-    404: NotFound,
-    409: Conflict,
-    413: PayloadTooLarge,
-    422: ValidationFailed,
-    429: RateLimited,
-    503: Unavailable,
-}
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    value = headers.get("Retry-After") if headers else None
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
-
-
-def _error_of(response: requests.Response) -> ClientError:
-    try:
-        body: Any = response.json()
-    except ValueError:
-        body = response.text
-    message = body.get("message") if isinstance(body, dict) else None
-    text = f"{response.status_code} {response.reason or ''}".strip()
-    if message:
-        text = f"{text}: {message}"
-    cls = _BY_STATUS.get(response.status_code, ClientError)
-    return cls(text, response.status_code, body, dict(response.headers))
-
-
-# ---- the client ------------------------------------------------------------------------------------
 
 
 class Client:
@@ -285,7 +135,7 @@ class Client:
                 continue
             if response.status_code < 400:
                 return response
-            error = _error_of(response)
+            error = error_of(response)
             response.close()
             if response.status_code != 503 or last:
                 raise error
@@ -386,7 +236,7 @@ class Client:
             task = self.get(task_id)
             if task["status"] in FINAL_STATUSES:
                 return task
-            for _event_id, _name, data in _parse_stream(response, keepalives=True):
+            for _event_id, _name, data in parse_stream(response, keepalives=True):
                 if deadline is not None and time.monotonic() >= deadline:
                     raise TimeoutError(f"task {task_id} was not final after the timeout")
                 if data is None and not _name:
@@ -541,7 +391,7 @@ class Client:
                 self._pause(failures - 1, exc)
                 continue
             try:
-                for event_id, name, data in _parse_stream(response, keepalives=False):
+                for event_id, name, data in parse_stream(response, keepalives=False):
                     failures = 0
                     if name == "__retry__":
                         delay = data
@@ -631,63 +481,3 @@ def _pagination(response: requests.Response) -> dict[str, Any]:
     except ValueError:
         return {}
     return meta if isinstance(meta, dict) else {}
-
-
-def _lines(response: requests.Response) -> Iterator[str]:
-    """The lines of a streamed body as they arrive (CRLF, LF or CR ends a line)."""
-    raw = response.raw
-    buffer = b""
-    while True:
-        chunk = raw.read1(65536)
-        if not chunk:
-            break
-        buffer += chunk
-        start = 0
-        for match in _LINE_END.finditer(buffer):
-            if match.group() == b"\r" and match.end() == len(buffer):
-                break  # maybe the first half of a CRLF: wait for the next chunk
-            yield buffer[start : match.start()].decode("utf-8", errors="replace")
-            start = match.end()
-        buffer = buffer[start:]
-    if buffer:
-        yield buffer.rstrip(b"\r").decode("utf-8", errors="replace")
-
-
-def _parse_stream(response: requests.Response, *, keepalives: bool) -> Iterator[Event]:
-    """Events of a ``text/event-stream`` body (the WHATWG rules: ``id``, ``event``, ``data``,
-    ``retry``; comments skipped). ``data`` is decoded JSON when it parses, else the text.
-
-    With ``keepalives`` a comment yields ``(None, "", None)`` (so a waiter can look at the
-    clock); a ``retry:`` field yields ``(None, "__retry__", seconds)``.
-    """
-    event_id: int | str | None = None
-    name = ""
-    data: list[str] = []
-    for line in _lines(response):
-        if not line:
-            if data:
-                text = "\n".join(data)
-                try:
-                    value: Any = json.loads(text)
-                except ValueError:
-                    value = text
-                yield event_id, name or "message", value
-            elif name:
-                yield event_id, name, None  # an event without data (``event: reset``)
-            name, data = "", []
-            continue
-        if line.startswith(":"):
-            if keepalives:
-                yield None, "", None
-            continue
-        field, _, value_text = line.partition(":")
-        if value_text.startswith(" "):
-            value_text = value_text[1:]
-        if field == "data":
-            data.append(value_text)
-        elif field == "event":
-            name = value_text
-        elif field == "id" and "\0" not in value_text:
-            event_id = int(value_text) if value_text.isdigit() else value_text
-        elif field == "retry" and value_text.isdigit():
-            yield None, "__retry__", int(value_text) / 1000
