@@ -169,7 +169,7 @@ class TaskCreateSchema(Schema):
         allow = False
         if has_app_context():
             runtime = current_app.extensions.get("taskmill")
-            allow = bool(runtime and runtime.settings.webhook_allow_private)
+            allow = bool(runtime and runtime.plugin_setting("webhook", "allow_private", False))
         host = urlsplit(value).hostname or ""
         if not allow and _is_private_host(host):
             raise SchemaError("private, loopback and link-local addresses are not allowed")
