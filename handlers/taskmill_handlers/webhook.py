@@ -102,7 +102,7 @@ def sign(secret: str, body: bytes) -> str:
 
 def _secret(runtime: Runtime) -> str:
     """``TASKMILL_WEBHOOK_SECRET``, or the installation's server secret when it is empty."""
-    return runtime.settings.webhook_secret or runtime.secret_key
+    return runtime.plugin_settings("webhook").secret or runtime.secret_key
 
 
 # --- the observer: a final event of a task with a callback submits a delivery -------------------
@@ -213,7 +213,7 @@ def webhook_handler(ctx: HandlerContext, payload: dict[str, Any]) -> dict[str, A
         "X-Taskmill-Task": str(task.id),
         "X-Taskmill-Event": task.status.value,
     }
-    allow_private = bool(runtime.settings.webhook_allow_private)
+    allow_private = bool(runtime.plugin_settings("webhook").allow_private)
     with address_policy(allow_private, "TASKMILL_WEBHOOK_ALLOW_PRIVATE"), guarded_session() as session:
         try:
             response = session.post(
