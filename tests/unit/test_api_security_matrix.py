@@ -254,3 +254,20 @@ def test_a_jwt_principal_gets_the_same_matrix(matrix):
     assert matrix.client.get(mine.path, headers=viewer).status_code == 200
     assert matrix.client.get(theirs.path, headers=viewer).status_code == 404
     assert matrix.client.delete(mine.path, headers=viewer).status_code == 403
+
+
+DECLARED = {
+    **{(rule, m): Role.OPERATOR for rule, m in CALLS if rule.startswith("/api/v1/schedules")},
+    ("/api/v1/workflows", "GET"): Role.VIEWER,
+    ("/api/v1/workflows", "POST"): Role.SUBMITTER,
+    ("/api/v1/workflows/<taskid:workflow_id>", "GET"): Role.VIEWER,
+    ("/api/v1/workflows/<taskid:workflow_id>", "DELETE"): Role.SUBMITTER,
+    ("/api/v1/events", "GET"): Role.VIEWER,
+    ("/api/v1/tasks/<taskid:task_id>/deliveries", "GET"): Role.VIEWER,
+}
+"""The roles API.md gives the schedule, workflow, events and deliveries routes."""
+
+
+def test_schedule_workflow_events_and_deliveries_routes_declare_api_md_s_roles(matrix):
+    declared = {(rule, m): role for rule, m, role in _routes(matrix)}
+    assert {k: declared.get(k) for k in DECLARED} == DECLARED
