@@ -131,3 +131,17 @@ def test_every_405_lists_the_allowed_methods(secured):
             assert response.get_json()["code"] == 405
             checked += 1
     assert checked >= 20
+
+
+def test_every_answer_with_a_body_documents_its_media_type(spec):
+    """A success with a body says what it is; the events stream is ``text/event-stream``, so a
+    client (or schemathesis) does not expect JSON from it."""
+    bare = sorted(
+        f"{m} {p} {status}"
+        for (m, p), op in _operations(spec).items()
+        for status, answer in op.get("responses", {}).items()
+        if status in ("200", "201", "202") and not answer.get("content")
+    )
+    assert not bare, f"2xx answers without a documented content: {bare}"
+    events = _operations(spec)[("GET", "/api/v1/events")]["responses"]["200"]["content"]
+    assert list(events) == ["text/event-stream"]

@@ -357,7 +357,16 @@ def _last_event_id(args: dict[str, Any]) -> int | None:
 @blp.route("")
 class Events(MethodView):
     @requires(Role.VIEWER)
-    @blp.doc(operationId="streamEvents")
+    @blp.doc(
+        operationId="streamEvents",
+        # flask-smorest writes no content for a response without a schema: say what the body is
+        responses={
+            "200": {
+                "description": "A text/event-stream of task changes (id, event, data: the task).",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            }
+        },
+    )
     @blp.arguments(EventArgsSchema(), location="query")
     @blp.response(
         200,
