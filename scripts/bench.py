@@ -3,6 +3,12 @@
 
 Usage:
     python scripts/bench.py [--backend sqlite|postgresql|both] [--tasks 20000] [--seconds 10]
+    python scripts/bench.py --drain [--tasks 20000] [--repeat 2]   # pools against PgQueuer
+
+``--drain`` prints, side by side in one run on PostgreSQL, the steady drain of a backlog of no-op
+tasks by one ``taskmill worker`` per pool (results, events and state changes durable) and by
+PgQueuer's ``pgq run`` (2 processes, its defaults) when it is installed in the peers' virtualenv
+(scripts/bench_peers.py says how).
 
 Runs real processes: `taskmill api` (gunicorn) driven by wrk (apt-get install wrk), and
 `taskmill worker --concurrency 2`. PostgreSQL runs use a scratch database on the server of
@@ -265,6 +271,68 @@ def _parse(value: str) -> float:
     return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
+DRAIN_CONFIGS = [
+    ("taskmill prefork -c 2 (default pool)", ["--pool", "prefork", "--concurrency", "2"]),
+    ("taskmill threads -c 8", ["--pool", "threads", "--concurrency", "8"]),
+    ("taskmill asyncio -c 8", ["--pool", "asyncio", "--concurrency", "8"]),
+]
+
+
+def taskmill_drain(url: str, n: int, worker_args: list[str]) -> dict[str, float]:
+    """One ``taskmill worker`` draining ``n`` pre-submitted echo tasks; steady rate by sampling
+    (the peers' method) and by the tasks' own timestamps."""
+    from bench_peers import watch_drain
+
+    db = Db(url)
+    with db.engine.connect() as conn:
+        from sqlalchemy import text
+
+        conn.execute(text("DELETE FROM tasks"))
+        conn.execute(text("DELETE FROM events"))
+    submit_direct(url, n)
+    before = db.xacts()
+    with process(["worker", *worker_args], base_env(url)):
+        rate = watch_drain(
+            lambda: db.scalar("SELECT count(*) FROM tasks WHERE status <> 'completed'"), n, every=0.05
+        )
+    after = db.xacts()
+    span = db.scalar("SELECT extract(epoch from max(finished_at) - min(finished_at)) FROM tasks")
+    return {
+        "sampled": rate,
+        "stamped": (n - 1) / float(span) if span else float("nan"),
+        "xacts_per_task": (after - before) / n if before is not None else float("nan"),
+    }
+
+
+def run_drain(args: argparse.Namespace, workdir: Path) -> None:
+    """The drain table: taskmill per pool and PgQueuer, in one run, ``--repeat`` rounds."""
+    from bench_peers import pgqueuer_drain
+
+    rows: dict[str, list[float]] = {}
+    extra: dict[str, list[float]] = {}
+    for _ in range(args.repeat):
+        with database("postgresql", workdir) as url:
+            env = base_env(url)
+            assert taskmill("db", "upgrade", env=env).returncode == 0
+            for name, wargs in DRAIN_CONFIGS:
+                got = taskmill_drain(url, args.tasks, wargs)
+                rows.setdefault(name, []).append(got["sampled"])
+                extra.setdefault(name, []).append(got["xacts_per_task"])
+        with database("postgresql", workdir) as url:
+            got = pgqueuer_drain(url, args.tasks, processes=2)
+            if got is not None:
+                rows.setdefault("PgQueuer pgq run, 2 processes, defaults", []).append(got)
+    print(f"\nmachine: {machine()}; N = {args.tasks:,} no-op tasks; PostgreSQL; {args.repeat} round(s)\n")
+    ref = rows.get("PgQueuer pgq run, 2 processes, defaults")
+    print("| system, configuration | steady drain, tasks/s (each round) | × PgQueuer | DB commits/task |")
+    print("|---|---:|---:|---:|")
+    for name, rates in rows.items():
+        ratio = "n/a" if not ref else " / ".join(f"{r / p:.2f}" for r, p in zip(rates, ref, strict=False))
+        commits = extra.get(name)
+        c = " / ".join(f"{x:.3f}" for x in commits) if commits else "n/a"
+        print(f"| {name} | {' / '.join(f'{r:,.0f}' for r in rates)} | {ratio} | {c} |")
+
+
 def machine() -> str:
     cpu = platform.processor() or "?"
     try:
@@ -273,7 +341,14 @@ def machine() -> str:
         cpu = m.group(1).strip() if m else cpu
     except OSError:
         pass
-    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
+    mem = "?"
+    try:
+        kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
+        mem = f"{kb / 1024 / 1024:.1f} GiB"
+    except (OSError, AttributeError):
+        pass
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return f"{os.cpu_count()} cores, {cpu}, {mem} RAM, load {load}, Python {platform.python_version()}"
 
 
 def main() -> None:
@@ -284,7 +359,13 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=16, help="wrk connections for single submits")
     ap.add_argument("--api-workers", type=int, default=2)
     ap.add_argument("--latency-samples", type=int, default=200)
+    ap.add_argument("--drain", action="store_true", help="only the drain table: pools against PgQueuer")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds of the drain table")
     args = ap.parse_args()
+    if args.drain:
+        with tempfile.TemporaryDirectory() as tmp:
+            run_drain(args, Path(tmp))
+        return
     if not shutil.which("wrk"):
         sys.exit("wrk is needed for the API figures: apt-get install wrk")
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]

@@ -127,23 +127,50 @@ def api(host: str | None, port: int | None, workers: int | None) -> None:
 @click.option("--prefetch", type=int, default=None, help="Tasks claimed beyond free processes.")
 @click.option("--burst", is_flag=True, help="Exit when there is nothing left to do.")
 @click.option(
+    "--pool",
+    type=click.Choice(["prefork", "threads", "asyncio"]),
+    default=None,
+    help="How handlers run (TASKMILL_WORKER_POOL; default prefork).",
+)
+@click.option(
+    "--max-tasks-per-child",
+    type=int,
+    default=None,
+    help="Prefork: replace a child after this many tasks (TASKMILL_WORKER_MAX_TASKS_PER_CHILD; 0 never).",
+)
+@click.option(
     "--metrics-port",
     type=int,
     default=None,
     help="Port of /metrics and /health/* (TASKMILL_METRICS_PORT; 0: off).",
 )
 def worker(
-    queues: str, concurrency: int | None, prefetch: int | None, burst: bool, metrics_port: int | None
+    queues: str,
+    concurrency: int | None,
+    prefetch: int | None,
+    burst: bool,
+    pool: str | None,
+    max_tasks_per_child: int | None,
+    metrics_port: int | None,
 ) -> None:
     """Take tasks from the broker and run their handlers."""
-    settings = _settings(worker_concurrency=concurrency, worker_prefetch=prefetch)
+    settings = _settings(
+        worker_concurrency=concurrency,
+        worker_prefetch=prefetch,
+        worker_pool=pool,
+        worker_max_tasks_per_child=max_tasks_per_child,
+    )
     rt = _runtime(settings)
     from taskmill.worker import WorkerOptions
     from taskmill.worker import set_current_runtime
 
     names = [q.strip() for q in queues.split(",") if q.strip()]
     options = WorkerOptions(
-        queues=names, concurrency=settings.concurrency, prefetch=settings.worker_prefetch, burst=burst
+        queues=names,
+        concurrency=settings.concurrency,
+        prefetch=settings.worker_prefetch,
+        burst=burst,
+        pool=settings.worker_pool,
     )
     set_current_runtime(rt)
     rt.worker_id = options.worker_id

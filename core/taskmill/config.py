@@ -76,6 +76,10 @@ class Settings:
     """0 means the number of CPUs."""
     worker_prefetch: int = -1
     """Tasks a worker claims beyond its processes; -1 adapts to task duration (see the worker)."""
+    worker_pool: str = "prefork"
+    """How a worker runs handlers: ``prefork`` (forked processes), ``threads`` or ``asyncio``."""
+    worker_max_tasks_per_child: int = 0
+    """Prefork pool: replace a child process after this many tasks; 0 never."""
     worker_lease: float = 30.0
     """Seconds without heartbeat after which a worker is dead and its tasks run again."""
     heartbeat_interval: float = 0.0
@@ -206,6 +210,10 @@ def validate(settings: Settings) -> Settings:
         errors["worker_concurrency"] = "must be 0 (one per CPU) or more"
     if s.worker_prefetch < -1:
         errors["worker_prefetch"] = "must be -1 (adaptive) or more"
+    if s.worker_pool not in ("prefork", "threads", "asyncio"):
+        errors["worker_pool"] = "must be 'prefork', 'threads' or 'asyncio'"
+    if s.worker_max_tasks_per_child < 0:
+        errors["worker_max_tasks_per_child"] = "must be 0 (never) or more"
     if s.heartbeat_interval and s.heartbeat_interval >= s.worker_lease:
         errors["heartbeat_interval"] = "must be shorter than worker_lease"
     if s.result_ttl < 86400:

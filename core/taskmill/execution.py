@@ -7,6 +7,8 @@ starts the task, gives the handler its progress and cancel callables, and record
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import logging
 import time
@@ -24,7 +26,7 @@ from taskmill.models import Task
 if TYPE_CHECKING:  # pragma: no cover
     from taskmill.runtime import Runtime
 
-__all__ = ["run_handler", "error_info", "TimeoutExpired"]
+__all__ = ["run_handler", "run_handler_async", "error_info", "TimeoutExpired"]
 
 logger = logging.getLogger("taskmill.execution")
 
@@ -57,14 +59,39 @@ def run_handler(
         return _run_handler(runtime, task, report_progress=report_progress, check_cancel=check_cancel)
 
 
-def _run_handler(
+async def run_handler_async(
     runtime: Runtime,
     task: Task,
     *,
+    report_progress: Callable[[float], None] | None = None,
+    check_cancel: Callable[[], bool] | None = None,
+) -> Outcome:
+    """:func:`run_handler` for an event loop: an ``async def`` handler is awaited on the running
+    loop (a forced stop cancels it at its next ``await``: ``asyncio.CancelledError`` propagates).
+    A sync handler is not expected here (the asyncio pool runs those in its threads)."""
+    with task_context(task, worker=getattr(runtime, "worker_id", None) or None):
+        started = time.monotonic()
+        prepared = _prepare(runtime, task, report_progress, check_cancel)
+        if isinstance(prepared, Outcome):
+            return prepared
+        spec, ctx = prepared
+        try:
+            payload = spec.load_payload(dict(task.payload or {}))
+            result = spec(ctx, payload)
+            if inspect.isawaitable(result):
+                result = await result
+            json.dumps(result, allow_nan=False)
+        except Exception as exc:  # noqa: BLE001 - any handler failure is data
+            return _failed(task, exc, started)
+        return _succeeded(task, result, started, check_cancel)
+
+
+def _prepare(
+    runtime: Runtime,
+    task: Task,
     report_progress: Callable[[float], None] | None,
     check_cancel: Callable[[], bool] | None,
-) -> Outcome:
-    started = time.monotonic()
+) -> Outcome | tuple[Any, HandlerContext]:
     spec = runtime.registries.handler(task.type)
     if spec is None:
         return Outcome(
@@ -80,11 +107,11 @@ def _run_handler(
     ctx = HandlerContext(
         task.id, task.attempts, type_=task.type, report_progress=report_progress, check_cancel=check_cancel
     )
-    try:
-        payload = spec.load_payload(dict(task.payload or {}))
-        result = spec(ctx, payload)
-        json.dumps(result, allow_nan=False)  # the result must be storable as JSON
-    except Retry as exc:
+    return spec, ctx
+
+
+def _failed(task: Task, exc: Exception, started: float) -> Outcome:
+    if isinstance(exc, Retry):
         return Outcome(
             task.id,
             "retry",
@@ -92,7 +119,7 @@ def _run_handler(
             retry_delay=exc.delay,
             duration=time.monotonic() - started,
         )
-    except TimeoutExpired as exc:
+    if isinstance(exc, TimeoutExpired):
         return Outcome(
             task.id,
             "failed",
@@ -103,14 +130,16 @@ def _run_handler(
             },
             duration=time.monotonic() - started,
         )
-    except Exception as exc:  # noqa: BLE001 - any handler failure is data
-        return Outcome(
-            task.id,
-            "failed",
-            error=error_info(exc),
-            no_retry=bool(getattr(exc, "no_retry", False)),
-            duration=time.monotonic() - started,
-        )
+    return Outcome(
+        task.id,
+        "failed",
+        error=error_info(exc),
+        no_retry=bool(getattr(exc, "no_retry", False)),
+        duration=time.monotonic() - started,
+    )
+
+
+def _succeeded(task: Task, result: Any, started: float, check_cancel: Callable[[], bool] | None) -> Outcome:
     duration = time.monotonic() - started
     if check_cancel is not None and check_cancel():
         return Outcome(
@@ -121,3 +150,30 @@ def _run_handler(
             duration=duration,
         )
     return Outcome(task.id, "completed", result=result, duration=duration)
+
+
+def _run_handler(
+    runtime: Runtime,
+    task: Task,
+    *,
+    report_progress: Callable[[float], None] | None,
+    check_cancel: Callable[[], bool] | None,
+) -> Outcome:
+    started = time.monotonic()
+    prepared = _prepare(runtime, task, report_progress, check_cancel)
+    if isinstance(prepared, Outcome):
+        return prepared
+    spec, ctx = prepared
+    try:
+        payload = spec.load_payload(dict(task.payload or {}))
+        result = spec(ctx, payload)
+        if inspect.isawaitable(result):  # an ``async def`` handler outside an event loop
+            result = asyncio.run(_awaited(result))
+        json.dumps(result, allow_nan=False)  # the result must be storable as JSON
+    except Exception as exc:  # noqa: BLE001 - any handler failure is data
+        return _failed(task, exc, started)
+    return _succeeded(task, result, started, check_cancel)
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import uuid
 from collections.abc import Callable
@@ -35,6 +36,12 @@ class HandlerSpec:
         schema = self.schema() if isinstance(self.schema, type) else self.schema
         return schema.load(payload)
 
+    @property
+    def is_async(self) -> bool:
+        """True for an ``async def`` handler (the asyncio pool awaits it on its loop; the other
+        pools run it to completion with :func:`asyncio.run` in their slot)."""
+        return inspect.iscoroutinefunction(self.func)
+
     def __call__(self, ctx: HandlerContext, payload: dict[str, Any]) -> Any:
         return self.func(ctx, payload)
 
@@ -48,7 +55,7 @@ def handler(
     max_retries: int | None = None,
     description: str | None = None,
 ) -> Callable[[Callable[..., Any]], HandlerSpec]:
-    """Declare a task handler ``def fn(ctx, payload)``.
+    """Declare a task handler ``def fn(ctx, payload)`` or ``async def fn(ctx, payload)``.
 
     Args:
         name: the task ``type`` clients submit.

@@ -78,6 +78,10 @@ class _Running:
 class WorkerLoop:
     """One worker process: a consumer, a pool and the duty units.
 
+    Outcomes are written by the :class:`OutcomeBuffer`'s own thread (``background_outcomes``), so
+    the loop keeps receiving and dispatching while a finish statement is in flight: the
+    database's work and the worker's overlap.
+
     Args:
         runtime: the process's runtime.
         options: queues, concurrency, prefetch, burst, pool.
@@ -100,7 +104,8 @@ class WorkerLoop:
         )
         self.cancels = CancelWatch(self.lifecycle, self.settings.cancel_grace)
         self.progress = ProgressCoalescer(self.lifecycle)
-        self.outcomes = OutcomeBuffer(self.lifecycle, self.worker_id, max_delay=FLUSH_AFTER)
+        self.outcomes = OutcomeBuffer(self.lifecycle, self.worker_id, max_delay=FLUSH_AFTER, max_batch=500)
+        self.background_outcomes = True
         self.held: deque[Task] = deque()
         self.running: dict[uuid.UUID, _Running] = {}
         self.stopping = False
@@ -169,6 +174,8 @@ class WorkerLoop:
         )
         try:
             self.pool.start()
+            if self.background_outcomes:
+                self.outcomes.start()
             self._loop()
         finally:
             self._shutdown()
@@ -228,15 +235,19 @@ class WorkerLoop:
             if pool_ready:
                 self._events(pool_ready)
             if self._flush_due():
-                self.outcomes.flush()
+                if self.background_outcomes:
+                    self.outcomes.kick()
+                else:
+                    self.outcomes.flush()
 
     def _next_deadline(self) -> float:
         deadlines = [
             self.presence.next_beat,
             self.cancels.due(),
             self.progress.deadline(),
-            self.outcomes.deadline(),
         ]
+        if not self.background_outcomes:
+            deadlines.append(self.outcomes.deadline())
         deadlines += [r.deadline for r in self.running.values()]
         if self.stopping:
             deadlines.append(self._stop_deadline)
@@ -332,6 +343,9 @@ class WorkerLoop:
 
     def _duties(self) -> None:
         """Heartbeat, cancel flags and forced stops, timeouts, progress."""
+        if self.pool.recycle_requested and not self.stopping:
+            logger.warning("the %s pool asked for a new process: warm shutdown", self.pool.name)
+            self.stop()
         if self.presence.due():
             current = ",".join(str(t) for t in self.running) or None
             self.presence.beat({"current_task": current, "processed": self.processed, "failed": self.failed})
@@ -397,7 +411,7 @@ class WorkerLoop:
         finally:
             try:
                 self.progress.flush()
-                self.outcomes.flush()
+                self.outcomes.close()  # stops the writer thread, writes what is left
             except Exception:  # noqa: BLE001 - shutting down; the manager recovers what is left
                 logger.exception("could not hand back tasks at shutdown")
             try:

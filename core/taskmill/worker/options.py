@@ -11,8 +11,8 @@ import uuid
 
 __all__ = ["WorkerOptions", "make_worker_id", "die_with_parent", "POOLS"]
 
-POOLS = ("prefork",)
-"""Pool names core knows (``threads`` and ``asyncio`` come with issue 10, one module each)."""
+POOLS = ("prefork", "threads", "asyncio")
+"""Pool names core knows (:data:`taskmill.worker.pool.POOL_FACTORIES`)."""
 
 _PR_SET_PDEATHSIG = 1
 
@@ -42,7 +42,8 @@ class WorkerOptions:
         prefetch: tasks held beyond the free slots; -1 adapts to how long tasks take.
         worker_id: this worker's id in the database (generated when empty).
         burst: exit when no task is left (tests and batch jobs).
-        pool: how handlers run: ``prefork`` (forked processes; the default).
+        pool: how handlers run: ``prefork`` (forked processes; the default), ``threads`` or
+            ``asyncio`` (see :mod:`taskmill.worker.pool`).
     """
 
     queues: list[str]
@@ -57,3 +58,5 @@ class WorkerOptions:
             self.worker_id = make_worker_id()
         if self.concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if self.pool not in POOLS:
+            raise ValueError(f"unknown pool {self.pool!r} (known: {', '.join(POOLS)})")

@@ -62,6 +62,7 @@ class OutcomeBuffer:
         self._write_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._kicked = False
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -98,6 +99,12 @@ class OutcomeBuffer:
         self._thread = threading.Thread(target=self._run, name="taskmill-outcomes", daemon=True)
         self._thread.start()
 
+    def kick(self) -> None:
+        """Background mode: write what is pending now rather than at ``max_delay``."""
+        with self._cond:
+            self._kicked = True
+            self._cond.notify()
+
     def close(self) -> None:
         """Stop the background thread (if any) and write what is pending."""
         with self._cond:
@@ -115,11 +122,12 @@ class OutcomeBuffer:
                     self._cond.wait()
                 if self._closed:
                     return
-                while len(self._pending) < self.max_batch and not self._closed:
+                while len(self._pending) < self.max_batch and not self._closed and not self._kicked:
                     left = self._first_at + self.max_delay - self.clock()
                     if left <= 0:
                         break
                     self._cond.wait(left)
+                self._kicked = False
                 batch, self._pending = self._pending, []
             self._write(batch)
 

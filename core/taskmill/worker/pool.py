@@ -1,9 +1,10 @@
 """The pool interface: how a worker runs handlers, whatever the broker.
 
 Core's loop (:mod:`taskmill.worker.loop`) owns the tasks, deadlines and the database; a pool
-only runs what it is given and reports back. One module per pool: ``prefork`` (forked
-processes, isolation and forced stops) today; ``threads`` and ``asyncio`` (issue 10) add one
-module each and one line in :data:`POOL_FACTORIES`.
+only runs what it is given and reports back. One module per pool and one line in
+:data:`POOL_FACTORIES`: ``prefork`` (forked processes: isolation, forced stops, recycling),
+``threads`` (handlers on threads of the worker process: no process hop, no forced stop) and
+``asyncio`` (``async def`` handlers on an event loop, sync ones on threads beside it).
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ class Pool:
     #: False when a running handler cannot be stopped by force (threads): ``kill`` then only
     #: forgets the task, and the documented limit applies.
     can_force = True
+    #: set by a pool that wants its worker process replaced (warm shutdown; the supervisor starts
+    #: a new one), e.g. the threads pool with too many abandoned threads.
+    recycle_requested = False
 
     def __init__(self, runtime: Runtime, concurrency: int) -> None:
         self.runtime = runtime
@@ -94,7 +98,23 @@ def _prefork(runtime: Runtime, concurrency: int) -> Pool:
     return PreforkPool(runtime, concurrency)
 
 
-POOL_FACTORIES: dict[str, Callable[[Runtime, int], Pool]] = {"prefork": _prefork}
+def _threads(runtime: Runtime, concurrency: int) -> Pool:
+    from taskmill.worker.threads import ThreadPool
+
+    return ThreadPool(runtime, concurrency)
+
+
+def _asyncio(runtime: Runtime, concurrency: int) -> Pool:
+    from taskmill.worker.aio import AsyncioPool
+
+    return AsyncioPool(runtime, concurrency)
+
+
+POOL_FACTORIES: dict[str, Callable[[Runtime, int], Pool]] = {
+    "prefork": _prefork,
+    "threads": _threads,
+    "asyncio": _asyncio,
+}
 """Pool name → factory. A new pool is one module and one entry here."""
 
 

@@ -4,7 +4,9 @@ Parent and children speak JSON over pipes (never pickle). A child runs one task 
 sends ``progress`` (at most every :data:`PROGRESS_EVERY` seconds per task, from a small thread,
 so a handler reporting in a tight loop costs nothing) and ``done``. A task is stopped by force
 by killing its child, which is then replaced: a crashing or leaking handler cannot take the
-worker down. Children die with the parent (``PR_SET_PDEATHSIG``).
+worker down. Children die with the parent (``PR_SET_PDEATHSIG``). With
+``max_tasks_per_child`` (``--max-tasks-per-child``, ``TASKMILL_WORKER_MAX_TASKS_PER_CHILD``) a
+child that ran that many tasks is replaced by a fresh one, bounding what a leaking handler holds.
 """
 
 from __future__ import annotations
@@ -165,6 +167,7 @@ class _Slot:
     conn: Connection
     task: Task | None = None
     started: float = 0.0
+    done: int = 0
 
 
 class PreforkPool(Pool):
@@ -177,6 +180,7 @@ class PreforkPool(Pool):
         super().__init__(runtime, concurrency)
         self.ctx = multiprocessing.get_context("fork")
         self.slots: list[_Slot] = []
+        self.max_tasks_per_child = int(getattr(runtime.settings, "worker_max_tasks_per_child", 0) or 0)
 
     def start(self) -> None:
         self.slots = [self._spawn() for _ in range(self.concurrency)]
@@ -198,6 +202,15 @@ class PreforkPool(Pool):
         slot.process.join(timeout=5)
         slot.conn.close()
         self.slots[self.slots.index(slot)] = self._spawn()
+
+    def _recycle(self, slot: _Slot) -> None:
+        """Replace an idle child that ran ``max_tasks_per_child`` tasks."""
+        try:
+            send(slot.conn, "stop")
+        except (BrokenPipeError, OSError):
+            pass
+        slot.process.join(timeout=2)
+        self._replace(slot)
 
     def _slot_of(self, task_id: uuid.UUID) -> _Slot | None:
         return next((s for s in self.slots if s.task is not None and s.task.id == task_id), None)
@@ -246,7 +259,11 @@ class PreforkPool(Pool):
             elif msg[0] == "done" and slot.task is not None:
                 outcome = outcome_from_msg(msg[1])
                 slot.task = None
+                slot.done += 1
                 out.append(PoolEvent("done", outcome.task_id, outcome=outcome))
+                if self.max_tasks_per_child and slot.done >= self.max_tasks_per_child:
+                    self._recycle(slot)
+                    return
 
     def _died(self, slot: _Slot, out: list[PoolEvent]) -> None:
         task = slot.task
