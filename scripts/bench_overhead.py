@@ -96,6 +96,57 @@ def _role_main() -> None:
     main()
 
 
+def _micro_main() -> None:
+    """``bench_overhead.py _micro``: the per-call cost of the counting calls a task makes and of
+    one JSON log line, in this process (PROMETHEUS_MULTIPROC_DIR set, as in the image)."""
+    import io
+    import logging
+    import timeit
+    import uuid
+
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="bench-metrics-")
+    from taskmill import logs
+    from taskmill import metrics
+    from taskmill.models import Task
+
+    n = 20000
+    out: dict[str, float] = {}
+
+    def per_call(fn: Any) -> float:
+        fn()  # the first call creates the label's child and its file
+        return min(timeit.repeat(fn, number=n, repeat=5)) / n * 1e6
+
+    out["metrics per task (waited + finished)"] = per_call(
+        lambda: (metrics.waited("default", 0.01), metrics.finished("default", "echo", "completed", 0.001))
+    )
+    out["metrics per submit (submitted)"] = per_call(lambda: metrics.submitted("default", "echo"))
+    task = Task(id=uuid.uuid4(), type="echo", queue="default", tenant="bench", attempts=1)
+    log = logging.getLogger("taskmill.worker")
+
+    def line() -> None:
+        with logs.task_context(task, worker="w-1"):
+            log.warning("attempt %s of task %s failed: %s: %s", 1, task.id, "RuntimeError", "nope")
+
+    def context_only() -> None:
+        with logs.task_context(task, worker="w-1"):
+            log.info  # noqa: B018 - a bound context and no line, as for a task that succeeds
+
+    with open(os.devnull, "w") as sink:
+        logs.configure("INFO", "json", secrets=["s3cret-value-123456"], stream=sink)
+        out["JSON log line (to a file), with its task context"] = per_call(line)
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.addHandler(logging.NullHandler())
+    out["the same line to a NullHandler"] = per_call(line)
+    out["task context bound, no line (every task, logs on or off)"] = per_call(context_only)
+    logs.configure("INFO", "json", stream=io.StringIO())
+    out["an INFO line when the level is WARNING (filtered)"] = 0.0
+    logging.getLogger().setLevel(logging.WARNING)
+    out["an INFO line when the level is WARNING (filtered)"] = per_call(lambda: log.info("x %s", 1))
+    print(json.dumps(out))
+
+
 def role_env(base: dict[str, str], config: str, workdir: Path) -> dict[str, str]:
     flags = CONFIGS[config]
     env = dict(base)
@@ -275,5 +326,7 @@ def main() -> None:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_role":
         _role_main()
+    elif len(sys.argv) > 1 and sys.argv[1] == "_micro":
+        _micro_main()
     else:
         main()

@@ -109,18 +109,32 @@ WORKER_PROCESSES = Gauge(
 )
 
 
+_children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+
+def _child(metric: Any, *labels: str) -> Any:
+    """``metric.labels(*labels)``, looked up once: ``labels()`` costs as much as the increment
+    (scripts/bench_overhead.py). A child survives a fork: prometheus_client moves its value to
+    the new process's file on the child's first write."""
+    key = (id(metric), labels)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*labels)
+    return child
+
+
 def submitted(queue: str, type_: str) -> None:
-    TASKS_SUBMITTED.labels(queue, type_).inc()
+    _child(TASKS_SUBMITTED, queue, type_).inc()
 
 
 def finished(queue: str, type_: str, status: str, duration: float | None = None) -> None:
-    TASKS_FINISHED.labels(queue, type_, status).inc()
+    _child(TASKS_FINISHED, queue, type_, status).inc()
     if duration is not None:
-        TASK_DURATION.labels(queue, type_).observe(duration)
+        _child(TASK_DURATION, queue, type_).observe(duration)
 
 
 def waited(queue: str, seconds: float) -> None:
-    TASK_WAIT.labels(queue).observe(max(0.0, seconds))
+    _child(TASK_WAIT, queue).observe(max(0.0, seconds))
 
 
 # ---- the cluster snapshot -----------------------------------------------------------------------
