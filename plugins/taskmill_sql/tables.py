@@ -150,6 +150,14 @@ Index(
     postgresql_where=tasks.c.status.in_(["completed", "failed", "cancelled"]),
     sqlite_where=tasks.c.status.in_(["completed", "failed", "cancelled"]),
 )
+Index(
+    "ix_tasks_dead_letters",  # migration 0005: the dead-letter queue without a table scan
+    tasks.c.tenant,
+    tasks.c.queue,
+    tasks.c.finished_at,
+    postgresql_where=tasks.c.status == "failed",
+    sqlite_where=tasks.c.status == "failed",
+)
 # PostgreSQL also has a GIN index on tags (jsonb_path_ops), created in the migration only.
 
 task_dependencies = Table(
