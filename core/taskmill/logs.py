@@ -51,12 +51,19 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 _PATTERNS = (
     # passwords in URLs: scheme://user:secret@host
-    (re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<secret>[^@\s]+)(?P<tail>@)"), "***"),
+    ("://", re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<secret>[^@\s]+)(?P<tail>@)")),
     # taskmill API keys: tm_<prefix>_<secret>
-    (re.compile(r"(?P<head>\btm_[A-Za-z0-9]+_)(?P<secret>[A-Za-z0-9_-]{8,})(?P<tail>)"), "***"),
+    ("tm_", re.compile(r"(?P<head>\btm_[A-Za-z0-9]+_)(?P<secret>[A-Za-z0-9_-]{8,})(?P<tail>)")),
     # bearer credentials in logged headers
-    (re.compile(r"(?P<head>(?i:bearer)\s+)(?P<secret>[A-Za-z0-9._~+/=-]{8,})(?P<tail>)"), "***"),
+    (None, re.compile(r"(?P<head>(?i:bearer)\s+)(?P<secret>[A-Za-z0-9._~+/=-]{8,})(?P<tail>)")),
 )
+"""(a substring every match contains, or None; the pattern): the pattern runs only when the
+substring is there, so a line without a URL or a key costs one ``in`` per pattern."""
+
+_MASK = r"\g<head>***\g<tail>"
+
+_BOUND = frozenset((*TASK_FIELDS, "request_id"))
+"""Fields :class:`ContextFilter` sets from the bound context: ids and names, never secrets."""
 
 
 def new_request_id(given: str | None = None) -> str:
@@ -134,8 +141,9 @@ class RedactingFilter(logging.Filter):
         for secret in self.secrets:
             if secret in text:
                 text = text.replace(secret, "***")
-        for pattern, mask in _PATTERNS:
-            text = pattern.sub(lambda m, mask=mask: m.group("head") + mask + m.group("tail"), text)
+        for hint, pattern in _PATTERNS:
+            if hint is None or hint in text:
+                text = pattern.sub(_MASK, text)
         return text
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -150,7 +158,7 @@ class RedactingFilter(logging.Filter):
             record.exc_text = self.redact(record.exc_text)
         record.msg, record.args = redacted, None
         for key, value in vars(record).items():  # extra= fields (a traceback, a URL) too
-            if isinstance(value, str) and key not in _EXTRA_SKIP:
+            if isinstance(value, str) and key not in _EXTRA_SKIP and key not in _BOUND:
                 setattr(record, key, self.redact(value))
         return True
 
