@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import logging
+import re
 import uuid
 import weakref
 from collections.abc import Callable
@@ -35,6 +37,7 @@ from typing import Any
 from typing import Protocol
 from zoneinfo import ZoneInfo
 from zoneinfo import ZoneInfoNotFoundError
+from zoneinfo import available_timezones
 
 from croniter import croniter
 
@@ -55,6 +58,8 @@ __all__ = [
     "Clock",
     "parse_timezone",
     "validate_cron",
+    "CRON_PATTERN",
+    "time_zones",
     "next_due",
     "first_due_after",
     "schedule_tag",
@@ -69,6 +74,33 @@ logger = logging.getLogger("taskmill.schedules")
 
 TASK_FIELDS = ("type", "payload", "queue", "priority", "max_retries", "timeout", "tags")
 """The task fields a schedule carries (API.md)."""
+
+
+def _cron_field(number: str) -> str:
+    atom = rf"(?:\*|{number}(?:-{number})?)(?:/[1-9][0-9]?)?"
+    return rf"{atom}(?:,{atom})*"
+
+
+CRON_PATTERN = (
+    "^"
+    + " ".join(
+        _cron_field(n)
+        for n in (
+            r"[1-5]?[0-9]",
+            r"(?:1?[0-9]|2[0-3])",
+            r"(?:[1-9]|[12][0-9]|3[01])",
+            r"(?:[1-9]|1[0-2])",
+            r"[0-7]",
+        )
+    )
+    + "$"
+)
+"""The cron expressions accepted: five fields separated by single spaces (minute 0-59, hour 0-23,
+day of month 1-31, month 1-12, day of week 0-7), each a list of ``*`` or a number or a range, with
+an optional step ``/1``..``/99``; numbers only (no ``MON``/``JAN`` names, no ``@daily``). The
+OpenAPI document states it, so a client knows exactly what is refused."""
+
+_CRON_RE = re.compile(CRON_PATTERN)
 
 MAX_CRON_SEARCH = 2000
 """Candidates croniter may yield while skipping repeated wall-clock times before we give up."""
@@ -110,12 +142,18 @@ def parse_timezone(name: str) -> ZoneInfo:
     Raises:
         ValueError: not a zone name this machine knows.
     """
-    if not isinstance(name, str) or not name or name.startswith(("/", ".")) or ".." in name:
+    if not isinstance(name, str) or name not in time_zones():
         raise ValueError(f"unknown time zone {name!r}")
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):
         raise ValueError(f"unknown time zone {name!r}") from None
+
+
+@functools.cache
+def time_zones() -> frozenset[str]:
+    """The IANA zone names this machine knows (``zoneinfo.available_timezones()``)."""
+    return frozenset(available_timezones())
 
 
 def validate_cron(expr: str) -> None:
@@ -126,6 +164,11 @@ def validate_cron(expr: str) -> None:
     """
     if not isinstance(expr, str) or len(expr.split()) != 5:
         raise ValueError("a cron expression has five fields: minute hour day-of-month month day-of-week")
+    if not _CRON_RE.match(expr):
+        raise ValueError(
+            f"not a cron expression taskmill reads: {expr!r} (numbers, '*', ranges, lists and steps, "
+            "fields separated by single spaces)"
+        )
     if not croniter.is_valid(expr):
         raise ValueError(f"not a valid cron expression: {expr!r}")
     try:

@@ -143,7 +143,6 @@ def test_depends_on_an_existing_task_of_the_tenant(client: Any, runtime: Any) ->
         ([t("a"), {"key": "b", "type": "t.strict", "payload": {"n": 99}}], "'b'"),
         ([t("a"), {"key": "b", "type": "no.such.type"}], "'b'"),
         ([t("a", str(uuid.uuid4()))], "'a'"),
-        ([t("a", idempotency_key="k")], "'a'"),
     ],
 )
 def test_bad_workflows_are_422_naming_the_key_and_create_nothing(
@@ -154,6 +153,12 @@ def test_bad_workflows_are_422_naming_the_key_and_create_nothing(
     assert needle in r.json["message"], r.json
     assert count_tasks(runtime) == 0
     assert client.get("/api/v1/workflows").json == []
+
+
+def test_a_workflow_task_takes_no_idempotency_key(client: Any, runtime: Any) -> None:
+    r = client.post("/api/v1/workflows", json={"tasks": [t("a", idempotency_key="k")]})
+    assert r.status_code == 422 and "idempotency_key" in r.json["errors"]["tasks"]["0"]
+    assert count_tasks(runtime) == 0
 
 
 def test_more_than_a_thousand_tasks_is_422(client: Any, runtime: Any) -> None:

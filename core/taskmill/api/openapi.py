@@ -48,6 +48,18 @@ def document_rules(api: Any, payload_schemas: Mapping[str, dict[str, Any]]) -> N
         properties = schema.get("properties", {})
         if name.endswith("Create") and "type" in properties and "payload" in properties:
             _document_submission(schema, payload_schemas)
+    schedule = schemas.get("ScheduleCreate")
+    if schedule is not None:
+        # exactly one of cron or interval (ScheduleCreateSchema._cron_or_interval); allOf keeps
+        # the per-type oneOf of the submission rules
+        schedule["allOf"] = [
+            {
+                "oneOf": [
+                    {"required": ["cron"], "not": {"required": ["interval"]}},
+                    {"required": ["interval"], "not": {"required": ["cron"]}},
+                ]
+            }
+        ]
 
 
 def _document_submission(schema: dict[str, Any], payload_schemas: Mapping[str, dict[str, Any]]) -> None:

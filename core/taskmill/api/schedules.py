@@ -34,10 +34,12 @@ from taskmill.api.tasks import PAGE_SIZE
 from taskmill.api.tasks import page_bounds
 from taskmill.app import get_runtime
 from taskmill.models import Role
+from taskmill.schedules import CRON_PATTERN
 from taskmill.schedules import Schedule
 from taskmill.schedules import ScheduleNotFound
 from taskmill.schedules import ScheduleService
 from taskmill.schedules import parse_timezone
+from taskmill.schedules import time_zones
 from taskmill.schedules import validate_cron
 
 __all__ = ["blp", "ScheduleSchema", "ScheduleCreateSchema"]
@@ -60,7 +62,10 @@ class ScheduleCreateSchema(Schema):
 
     name = fields.String(required=True, validate=NAME)
     cron = fields.String(
-        validate=validate.Length(min=1, max=200),
+        validate=[
+            validate.Length(min=1, max=200),
+            validate.Regexp(CRON_PATTERN, error="not a cron expression"),
+        ],
         metadata={"description": "Five fields (minute hour day-of-month month day-of-week)."},
     )
     interval = fields.Integer(
@@ -69,7 +74,7 @@ class ScheduleCreateSchema(Schema):
         metadata={"description": "Seconds between runs (≥ 1)."},
     )
     timezone = fields.String(
-        validate=validate.Length(min=1, max=64),
+        validate=validate.OneOf(sorted(time_zones()), error="unknown time zone {input!r}"),
         metadata={"description": "IANA time zone of the cron expression; default UTC."},
     )
     type = fields.String(required=True, validate=validate.Length(min=1, max=200))

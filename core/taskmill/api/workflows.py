@@ -51,6 +51,9 @@ class WorkflowTaskCreateSchema(TaskCreateSchema):
     """One task of a workflow: the task fields plus the client's ``key``; ``depends_on`` names keys
     of this workflow or ids of existing tasks of the tenant."""
 
+    class Meta:
+        exclude = ("idempotency_key",)  # one per task would mean nothing in a workflow
+
     key = fields.String(required=True, validate=KEY, metadata={"description": "Unique in the workflow."})
     depends_on = fields.List(
         fields.String(validate=KEY),
