@@ -6,6 +6,7 @@ Run with ``python -m pytest`` from this folder (taskmill and this package instal
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import time
 import uuid
@@ -201,3 +202,21 @@ def test_the_api_lists_the_handler_with_its_payload_schema(rt: Any) -> None:
     assert schema["required"] == ["path"] and "sha256" in schema["properties"]["algorithm"]["enum"]
     accepted = client.post("/api/v1/tasks", json={"type": "files.checksum", "payload": {"path": "x"}})
     assert accepted.status_code == 201 and accepted.get_json()["status"] == "queued"
+
+
+PUBLISHED = {"taskmill", "taskmill.plugin_api", "taskmill.testing", "taskmill.client"}
+"""What a plugin may import of taskmill: the rest of it may change shape between releases."""
+
+
+def test_the_plugin_imports_only_taskmill_s_published_api() -> None:
+    package = Path(taskmill_checksum.__file__).parent
+    reached = []
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            reached += [
+                f"{path.name}: {n}" for n in names if n.split(".")[0] == "taskmill" and n not in PUBLISHED
+            ]
+    assert reached == []
