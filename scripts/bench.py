@@ -291,9 +291,12 @@ def taskmill_drain(url: str, n: int, worker_args: list[str]) -> dict[str, float]
         conn.execute(text("DELETE FROM events"))
     submit_direct(url, n)
     before = db.xacts()
-    with process(["worker", *worker_args], base_env(url)):
+    with process(["worker", *worker_args], base_env(url)) as proc:
         rate = watch_drain(
-            lambda: db.scalar("SELECT count(*) FROM tasks WHERE status <> 'completed'"), n, every=0.05
+            lambda: db.scalar("SELECT count(*) FROM tasks WHERE status <> 'completed'"),
+            n,
+            every=0.05,
+            procs=[proc],
         )
     after = db.xacts()
     span = db.scalar("SELECT extract(epoch from max(finished_at) - min(finished_at)) FROM tasks")
@@ -316,10 +319,16 @@ def run_drain(args: argparse.Namespace, workdir: Path) -> None:
             assert taskmill("db", "upgrade", env=env).returncode == 0
             for name, wargs in DRAIN_CONFIGS:
                 got = taskmill_drain(url, args.tasks, wargs)
+                print(f"{name}: {got}", file=sys.stderr, flush=True)
                 rows.setdefault(name, []).append(got["sampled"])
                 extra.setdefault(name, []).append(got["xacts_per_task"])
         with database("postgresql", workdir) as url:
-            got = pgqueuer_drain(url, args.tasks, processes=2)
+            try:
+                got = pgqueuer_drain(url, args.tasks, processes=2)
+                print(f"PgQueuer: {got}", file=sys.stderr, flush=True)
+            except Exception as exc:  # noqa: BLE001 - a peer failing does not stop the table
+                print(f"PgQueuer failed: {exc}", file=sys.stderr)
+                got = None
             if got is not None:
                 rows.setdefault("PgQueuer pgq run, 2 processes, defaults", []).append(got)
     print(f"\nmachine: {machine()}; N = {args.tasks:,} no-op tasks; PostgreSQL; {args.repeat} round(s)\n")

@@ -38,8 +38,18 @@ def peer_python(module: str) -> str | None:
     return str(py) if ok.returncode == 0 else None
 
 
-def watch_drain(remaining: Callable[[], int], total: int, timeout: float = 600, every: float = 0.02) -> float:
-    """Steady drain rate (jobs/s): sample ``remaining()`` until it reaches 0."""
+def watch_drain(
+    remaining: Callable[[], int],
+    total: int,
+    timeout: float = 600,
+    every: float = 0.02,
+    procs: list[subprocess.Popen[bytes]] | None = None,
+) -> float:
+    """Steady drain rate (jobs/s): sample ``remaining()`` until it reaches 0.
+
+    Raises:
+        RuntimeError: the drain did not finish in ``timeout``, or every process in ``procs`` exited.
+    """
     deadline = time.monotonic() + timeout
     first_t = first_left = None
     while True:
@@ -51,6 +61,8 @@ def watch_drain(remaining: Callable[[], int], total: int, timeout: float = 600, 
             break
         if now > deadline:
             raise RuntimeError(f"drain did not finish ({left} of {total} left)")
+        if procs and all(p.poll() is not None for p in procs):
+            raise RuntimeError(f"the workers exited with {left} of {total} jobs left")
         time.sleep(every)
     if first_t is None or now <= first_t:
         return float("nan")
@@ -78,12 +90,15 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
 
 PGQ_APP = """
 import os
+from contextlib import asynccontextmanager
+
 import asyncpg
 from pgqueuer import PgQueuer
 from pgqueuer.db import AsyncpgDriver
 
 
-async def main() -> PgQueuer:
+@asynccontextmanager
+async def main():
     conn = await asyncpg.connect(os.environ["PGDSN"])
     pgq = PgQueuer(AsyncpgDriver(conn))
 
@@ -91,7 +106,8 @@ async def main() -> PgQueuer:
     async def noop(job) -> None:
         pass
 
-    return pgq
+    yield pgq
+    await conn.close()
 """
 
 PGQ_ENQUEUE = """
@@ -125,6 +141,7 @@ def pgqueuer_drain(db_url: str, n: int, processes: int = 2, batch_size: int | No
         work = Path(tmp)
         (work / "pgq_bench_app.py").write_text(textwrap.dedent(PGQ_APP))
         (work / "pgq_bench_enqueue.py").write_text(textwrap.dedent(PGQ_ENQUEUE))
+        (work / "pgq_bench_run.py").write_text(textwrap.dedent(PGQ_RUN))
         env = {**os.environ, "PGDSN": db_url, "PYTHONPATH": str(work)}
         pgq = [py, "-m", "pgqueuer"]
         subprocess.run([*pgq, "install"], env=env, check=True, capture_output=True)
@@ -137,19 +154,25 @@ def pgqueuer_drain(db_url: str, n: int, processes: int = 2, batch_size: int | No
             cur.execute("SELECT count(*) FROM pgqueuer")
             return int(cur.fetchone()[0])
 
-        extra = ["--batch-size", str(batch_size)] if batch_size else []
-        procs = [
-            _spawn(
-                [*pgq, "run", "--log-level", "WARNING", *extra, "pgq_bench_app:main"], env, work / f"w{i}.log"
-            )
-            for i in range(processes)
-        ]
+        extra = [str(batch_size)] if batch_size else []
+        cmd = [py, str(work / "pgq_bench_run.py"), *extra]
+        procs = [_spawn(cmd, env, work / f"{i}.log") for i in range(processes)]
         try:
-            return watch_drain(remaining, n)
+            return watch_drain(remaining, n, procs=procs)
         finally:
             _stop(procs)
             conn.close()
 
+
+PGQ_RUN = """
+import asyncio, sys
+from pgqueuer import run
+
+# what ``pgq run pgq_bench_app:main`` does, with its defaults (batch 10) unless argv[1]; the CLI
+# of some pgqueuer/typer combinations fails on its --log-level option before it starts
+kw = {"batch_size": int(sys.argv[1])} if len(sys.argv) > 1 else {}
+asyncio.run(run("pgq_bench_app:main", **kw))
+"""
 
 CELERY_APP = """
 import os
@@ -200,7 +223,7 @@ def celery_drain(redis_url: str, n: int, concurrency: int = 2) -> float | None:
             work / "celery.log",
         )  # fmt: skip
         try:
-            return watch_drain(remaining, n)
+            return watch_drain(remaining, n, procs=[proc])
         finally:
             _stop([proc])
 

@@ -14,6 +14,10 @@ broker, and the workers each test starts. Every case runs on every entry of ``BR
 * ``worker_env``: extra variables for worker processes only (e.g. a worker class).
 * ``pending``: ``{test name: reason}`` for cases this broker fails until a fix lands; they run as
   ``xfail(strict=False)``. Delete the entry in the commit that lands the fix.
+* ``pools``: the worker pools (``taskmill worker --pool``) every case runs with on this broker;
+  each case runs once per pool (``TASKMILL_CONTRACT_POOLS=prefork,threads`` narrows them). Redis
+  keeps RQ's own loop, so it has no pool choice; the stub simulates a crash by killing prefork
+  children.
 * ``installation``: the class that starts the api, manager and workers. The default runs real
   processes (``taskmill api``, ``taskmill manager``, ``taskmill worker``) and talks HTTP to the
   api, so the suite sees only the public API and CLI. A broker living in one process (a stub)
@@ -98,6 +102,12 @@ def rabbitmq_services(tmp: Path) -> Iterator[dict[str, str]]:
 # ---- the registry ----------------------------------------------------------------------------------
 
 
+POOLS = ("prefork", "threads", "asyncio")
+SELECTED_POOLS = tuple(
+    p for p in os.environ.get("TASKMILL_CONTRACT_POOLS", ",".join(POOLS)).split(",") if p in POOLS
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class BrokerKind:
     name: str
@@ -107,13 +117,14 @@ class BrokerKind:
     pending: dict[str, str] = dataclasses.field(default_factory=dict)
     marks: tuple[Any, ...] = ()
     installation: type[Installation] | None = None
+    pools: tuple[str, ...] = POOLS
 
 
 BROKERS = [
-    BrokerKind("stub", stub_services, installation=StubInstallation),
+    BrokerKind("stub", stub_services, installation=StubInstallation, pools=("prefork",)),
     BrokerKind("sql-sqlite", sqlite_services),
     BrokerKind("sql-postgresql", postgresql_services, wire="TASKMILL_DATABASE_URL", marks=INTEGRATION),
-    BrokerKind("redis", redis_services, wire="TASKMILL_BROKER_URL", marks=INTEGRATION),
+    BrokerKind("redis", redis_services, wire="TASKMILL_BROKER_URL", marks=INTEGRATION, pools=("prefork",)),
     BrokerKind("rabbitmq", rabbitmq_services, wire="TASKMILL_BROKER_URL", marks=INTEGRATION),
 ]
 
@@ -181,6 +192,7 @@ class Installation:
         self.http = requests.Session()
         self.procs: list[subprocess.Popen[bytes]] = []
         self.workers: list[Worker] = []
+        self.pool = "prefork"
         try:
             api = self._spawn("api", "--port", str(self.port), "--workers", "1")
             self.wait_for(lambda: api.poll() is not None or self._healthy(), 60, "the api to answer /health")
@@ -207,7 +219,7 @@ class Installation:
         """Start ``taskmill worker --queues queue --concurrency 1 *args`` and wait until it is listed
         by ``GET /api/v1/workers``. With ``cut_wire`` its ``kind.wire`` goes through a
         :class:`WireCutter` (``worker.cutter``)."""
-        env = dict(self.kind.worker_env)
+        env = {**self.kind.worker_env, "TASKMILL_WORKER_POOL": self.pool}
         cutter = None
         if cut_wire:
             if self.kind.wire is None:
@@ -324,10 +336,19 @@ def installation(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
         yield inst
 
 
+@pytest.fixture(params=SELECTED_POOLS)
+def pool(request: pytest.FixtureRequest) -> str:
+    """The worker pool of the case (``taskmill worker --pool``)."""
+    return request.param
+
+
 @pytest.fixture
-def broker(installation: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
+def broker(installation: Any, pool: str, request: pytest.FixtureRequest) -> Iterator[Any]:
     """The installation of the broker under test; the workers a test starts are stopped after it.
     A case listed in the broker's ``pending`` is expected to fail (``xfail(strict=False)``)."""
+    if pool not in installation.kind.pools:
+        pytest.skip(f"{installation.kind.name} has no {pool} pool (its pools: {installation.kind.pools})")
+    installation.pool = pool
     reason = installation.kind.pending.get(request.node.originalname)
     if reason:
         request.applymarker(pytest.mark.xfail(reason=reason, strict=False))
