@@ -4,6 +4,7 @@
 Usage:
     python scripts/bench.py [--backend sqlite|postgresql|both] [--tasks 20000] [--seconds 10]
     python scripts/bench.py --drain [--tasks 20000] [--repeat 2]   # pools against PgQueuer
+    python scripts/bench.py --memory --tasks 1000000               # RSS and bytes per task, per pool
 
 ``--drain`` prints, side by side in one run on PostgreSQL, the steady drain of a backlog of no-op
 tasks by one ``taskmill worker`` per pool (results, events and state changes durable) and by
@@ -307,6 +308,52 @@ def taskmill_drain(url: str, n: int, worker_args: list[str]) -> dict[str, float]
     }
 
 
+def _rss_kib(pid: int) -> int:
+    """Resident set of ``pid`` and its children (KiB)."""
+    total = 0
+    pids = [pid]
+    try:
+        pids += [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            m = re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{p}/status").read_text())
+            total += int(m.group(1)) if m else 0
+        except OSError:
+            pass
+    return total
+
+
+def run_memory(args: argparse.Namespace, workdir: Path) -> None:
+    """Worker RSS at start and end of a drain of ``--tasks`` tasks per pool, and storage bytes
+    per completed task with its events."""
+    from bench_peers import watch_drain
+
+    print(f"\nmachine: {machine()}; N = {args.tasks:,} echo tasks per pool; PostgreSQL\n")
+    print("| pool | RSS after start, MiB | RSS at end, MiB | tasks/s | storage bytes/task (tasks + events) |")
+    print("|---|---:|---:|---:|---:|")
+    for name, wargs in DRAIN_CONFIGS:
+        with database("postgresql", workdir) as url:
+            assert taskmill("db", "upgrade", env=base_env(url)).returncode == 0
+            db = Db(url)
+            submit_direct(url, args.tasks)
+            with process(["worker", *wargs], base_env(url)) as proc:
+                time.sleep(2.0)
+                start = _rss_kib(proc.pid)
+                rate = watch_drain(
+                    lambda db=db: db.scalar("SELECT count(*) FROM tasks WHERE status <> 'completed'"),
+                    args.tasks,
+                    timeout=3600,
+                    every=0.5,
+                    procs=[proc],
+                )
+                end = _rss_kib(proc.pid)
+            size = db.scalar("SELECT pg_total_relation_size('tasks') + pg_total_relation_size('events')")
+            per_task = size / args.tasks
+            print(f"| {name} | {start / 1024:.1f} | {end / 1024:.1f} | {rate:,.0f} | {per_task:,.0f} |")
+
+
 def run_drain(args: argparse.Namespace, workdir: Path) -> None:
     """The drain table: taskmill per pool and PgQueuer, in one run, ``--repeat`` rounds."""
     from bench_peers import pgqueuer_drain
@@ -370,7 +417,12 @@ def main() -> None:
     ap.add_argument("--latency-samples", type=int, default=200)
     ap.add_argument("--drain", action="store_true", help="only the drain table: pools against PgQueuer")
     ap.add_argument("--repeat", type=int, default=1, help="rounds of the drain table")
+    ap.add_argument("--memory", action="store_true", help="only worker RSS and storage per task, per pool")
     args = ap.parse_args()
+    if args.memory:
+        with tempfile.TemporaryDirectory() as tmp:
+            run_memory(args, Path(tmp))
+        return
     if args.drain:
         with tempfile.TemporaryDirectory() as tmp:
             run_drain(args, Path(tmp))
