@@ -373,6 +373,12 @@ def run(broker: RedisBroker, options: WorkerOptions) -> None:
     that dies; the dead one's task is recovered by the manager after the lease).
     """
     settings = broker.settings
+    if options.pool != "prefork":
+        logger.warning(
+            "--pool %s does not apply to the Redis broker: RQ's worker loop runs the tasks "
+            "(TASKMILL_REDIS_WORKER_CLASS chooses how)",
+            options.pool,
+        )
     cls = worker_class(broker.runtime.plugin_settings("redis").worker_class)
     names = listen_order(options.queues)
     level = "DEBUG" if settings.log_level.upper() == "DEBUG" else "WARNING"
