@@ -52,7 +52,7 @@ def rt(tmp_path: Path, root: Path) -> Iterator[Any]:
 
 
 def submit(rt: Any, payload: dict[str, Any], **fields: Any) -> Any:
-    body = {"type": "files.checksum", "payload": payload, **fields}
+    body = {"type": "files.checksum", "payload": payload, **fields}  # fields may name another type
     [(task, _)] = rt.lifecycle.submit([rt.lifecycle.build(body, "default")])
     return task
 
@@ -220,3 +220,20 @@ def test_the_plugin_imports_only_taskmill_s_published_api() -> None:
                 f"{path.name}: {n}" for n in names if n.split(".")[0] == "taskmill" and n not in PUBLISHED
             ]
     assert reached == []
+
+
+def test_the_async_handler_runs_on_the_asyncio_pool(rt: Any, root: Path) -> None:
+    files = {f"f{i}.bin": bytes([i]) * (300_000 * (i + 1)) for i in range(4)}
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+    tasks = {
+        name: submit(rt, {"path": name, "algorithm": "blake2b"}, type="files.checksum_async")
+        for name in files
+    }
+    missing = submit(rt, {"path": "nope"}, type="files.checksum_async", max_retries=0)
+    run_worker_until_idle(rt, pool="asyncio", concurrency=4)
+    for name, task in tasks.items():
+        done = rt.storage.tasks.get(task.id)
+        assert done.status is TaskStatus.COMPLETED, done.error
+        assert done.result["digest"] == hashlib.blake2b(files[name]).hexdigest()
+    assert rt.storage.tasks.get(missing.id).status is TaskStatus.FAILED

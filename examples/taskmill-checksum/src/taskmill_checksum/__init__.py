@@ -13,14 +13,22 @@ from taskmill.plugin_api import SettingsSpec
 from taskmill_checksum.checksum import CHECKSUM_SETTINGS
 from taskmill_checksum.checksum import ChecksumPayload
 from taskmill_checksum.checksum import checksum
+from taskmill_checksum.checksum import checksum_async
 
-__all__ = ["CHECKSUM_SETTINGS", "ChecksumPayload", "checksum", "taskmill_handlers", "taskmill_settings"]
+__all__ = [
+    "CHECKSUM_SETTINGS",
+    "ChecksumPayload",
+    "checksum",
+    "checksum_async",
+    "taskmill_handlers",
+    "taskmill_settings",
+]
 
 
 @hookimpl
 def taskmill_handlers() -> list[HandlerSpec]:
-    """Declare this plugin's handlers: ``files.checksum``."""
-    return [checksum]
+    """Declare this plugin's handlers: ``files.checksum`` and its ``async def`` twin."""
+    return [checksum, checksum_async]
 
 
 @hookimpl

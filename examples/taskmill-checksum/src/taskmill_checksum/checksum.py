@@ -16,6 +16,7 @@ What it shows a plugin author:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import re
@@ -43,8 +44,10 @@ __all__ = [
     "ChecksumPayload",
     "ChecksumRefused",
     "checksum",
+    "checksum_async",
     "checksum_settings",
     "file_digest",
+    "file_digest_async",
 ]
 
 ALGORITHMS = ("md5", "sha1", "sha256", "sha512", "blake2b")
@@ -175,18 +178,9 @@ def _resolve(root: Path, relative: str) -> Path:
     return target
 
 
-@handler("files.checksum", schema=ChecksumPayload, timeout=3600, max_retries=5)
-def checksum(ctx: HandlerContext, payload: dict[str, Any]) -> dict[str, Any] | None:
-    """The digest of a file under TASKMILL_CHECKSUM_ROOT (sha256 by default), checked against
-    ``expected`` when given.
-
-    Raises:
-        Retry: the file is not there yet, or changed while it was read (transient).
-        ChecksumRefused: outside the root, not a regular file, unreadable, too large, or a digest
-            that does not match ``expected`` (no retry).
-    """
-    settings = checksum_settings()
-    relative, algorithm = payload["path"], payload["algorithm"]
+def _target(payload: dict[str, Any], settings: PluginSettings, ctx: HandlerContext) -> Path:
+    """The file to read, checked (inside the root, there, a regular file, not too large)."""
+    relative = payload["path"]
     path = _resolve(Path(settings.root), relative)
     try:
         info = path.stat()
@@ -199,17 +193,77 @@ def checksum(ctx: HandlerContext, payload: dict[str, Any]) -> dict[str, Any] | N
         raise ChecksumRefused(f"{relative} has {info.st_size} bytes, over TASKMILL_CHECKSUM_MAX_BYTES")
     if not os.access(path, os.R_OK):
         raise ChecksumRefused(f"{relative} is not readable by the worker")
-    ctx.logger.info("checksum of %s (%s bytes, %s)", relative, info.st_size, algorithm)
-    try:
-        done = file_digest(path, algorithm, ctx)
-    except Retry as exc:
-        raise Retry(exc.message, delay=settings.retry_delay) from None
-    except FileNotFoundError:
-        raise Retry(f"{relative} disappeared while it was read", delay=settings.retry_delay) from None
+    ctx.logger.info("checksum of %s (%s bytes, %s)", relative, info.st_size, payload["algorithm"])
+    return path
+
+
+def _result(payload: dict[str, Any], done: tuple[str, int] | None) -> dict[str, Any] | None:
     if done is None:
         return None  # cancelled: taskmill records the task as cancelled
     digest, size = done
+    algorithm, relative = payload["algorithm"], payload["path"]
     matches = None if payload["expected"] is None else digest == payload["expected"]
     if matches is False:
         raise ChecksumRefused(f"{algorithm} of {relative} is {digest}, not {payload['expected']}")
     return {"path": relative, "algorithm": algorithm, "digest": digest, "bytes": size, "matches": matches}
+
+
+def _transient(exc: Exception, payload: dict[str, Any], settings: PluginSettings) -> Retry:
+    if isinstance(exc, Retry):
+        return Retry(exc.message, delay=settings.retry_delay)
+    return Retry(f"{payload['path']} disappeared while it was read", delay=settings.retry_delay)
+
+
+@handler("files.checksum", schema=ChecksumPayload, timeout=3600, max_retries=5)
+def checksum(ctx: HandlerContext, payload: dict[str, Any]) -> dict[str, Any] | None:
+    """The digest of a file under TASKMILL_CHECKSUM_ROOT (sha256 by default), checked against
+    ``expected`` when given.
+
+    Raises:
+        Retry: the file is not there yet, or changed while it was read (transient).
+        ChecksumRefused: outside the root, not a regular file, unreadable, too large, or a digest
+            that does not match ``expected`` (no retry).
+    """
+    settings = checksum_settings()
+    path = _target(payload, settings, ctx)
+    try:
+        done = file_digest(path, payload["algorithm"], ctx)
+    except (Retry, FileNotFoundError) as exc:
+        raise _transient(exc, payload, settings) from None
+    return _result(payload, done)
+
+
+async def file_digest_async(
+    path: Path, algorithm: str, ctx: HandlerContext, *, chunk_bytes: int = CHUNK_BYTES
+) -> tuple[str, int] | None:
+    """:func:`file_digest` for an event loop: each chunk is read in a thread, so the loop serves
+    other tasks meanwhile."""
+    digest = hashlib.new(algorithm)
+    size = path.stat().st_size
+    done = 0
+    with path.open("rb") as f:
+        while chunk := await asyncio.to_thread(f.read, chunk_bytes):
+            digest.update(chunk)
+            done += len(chunk)
+            if done > size:
+                break
+            if ctx.cancel_requested:
+                return None
+            ctx.progress(done / size if size else 1.0)
+    if done != size or path.stat().st_size != size:
+        raise Retry(f"{path.name} changed while it was read ({size} bytes, then {done})")
+    return digest.hexdigest(), done
+
+
+@handler("files.checksum_async", schema=ChecksumPayload, timeout=3600, max_retries=5)
+async def checksum_async(ctx: HandlerContext, payload: dict[str, Any]) -> dict[str, Any] | None:
+    """``files.checksum`` as an ``async def`` handler (the shape for I/O-bound work): on
+    ``taskmill worker --pool asyncio`` many run at once on one event loop; the other pools run it
+    to completion in their slot."""
+    settings = checksum_settings()
+    path = _target(payload, settings, ctx)
+    try:
+        done = await file_digest_async(path, payload["algorithm"], ctx)
+    except (Retry, FileNotFoundError) as exc:
+        raise _transient(exc, payload, settings) from None
+    return _result(payload, done)
