@@ -15,6 +15,8 @@ What the run is told, and why (each is a property of the contract, not a gap in 
   tasks of the caller, which no document can list; the lifecycle tests cover references), and a
   body ``idempotency_key`` sent with an ``Idempotency-Key`` header is made equal to it (the two are
   one key, and differing is a 422; a document cannot tie a header to a body field).
+- Generated workflows get distinct keys and no ``depends_on`` (keys must be unique and name each
+  other or existing tasks: rules between array items; tests/unit/test_workflows.py covers them).
 - Operations answering ``text/event-stream`` (the events stream) are left out: the connection
   stays open by design; tests/unit/test_client_events.py and the SSE tests cover it.
 """
@@ -73,9 +75,36 @@ def _without_references(task):
     return task
 
 
+def _workflow(body):
+    # A workflow's keys must be unique and name each other (or existing tasks): rules between
+    # array items that a document cannot state. Keep the keys distinct, drop the references.
+    tasks = body.get("tasks")
+    if not isinstance(tasks, list):
+        return body
+    seen = set()
+    out = []
+    for i, task in enumerate(tasks):
+        if not isinstance(task, dict):
+            out.append(task)
+            continue
+        task = dict(task)
+        if isinstance(task.get("depends_on"), list) and all(_is_key(d) for d in task["depends_on"]):
+            task["depends_on"] = []
+        key = task.get("key")
+        if _is_key(key):  # a malformed key (not a string) is the negative phases' business
+            if key in seen:
+                task["key"] = (f"{i}-" + key)[:200]
+            seen.add(task["key"])
+        out.append(task)
+    return {**body, "tasks": out}
+
+
 @schemathesis.hook
 def map_case(ctx, case):
     body = case.body
+    if case.operation.path == "/api/v1/workflows" and isinstance(body, dict):
+        case.body = _workflow(body)
+        return case
     if case.operation.path not in SUBMITS or not isinstance(body, dict):
         return case
     body = _without_references(body)
