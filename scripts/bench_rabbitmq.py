@@ -160,7 +160,7 @@ class Taskmill:
         ids = [t.id for t in self.tasks]
         deadline = time.monotonic() + timeout
         while True:
-            done = self.rt.storage.get_tasks(ids)
+            done = self.rt.storage.tasks.get_many(ids)
             if all(t.status.value == "completed" for t in done):
                 break
             if time.monotonic() > deadline:
@@ -179,7 +179,7 @@ class Taskmill:
             t0 = time.time()
             task = self._submit()
             while True:
-                t = self.rt.storage.get_task(task.id)
+                t = self.rt.storage.tasks.get(task.id)
                 if t.started_at is not None and t.status.value == "completed":
                     break
                 time.sleep(0.002)

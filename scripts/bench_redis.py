@@ -111,7 +111,7 @@ class Taskmill:
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + 60
-        while not [w for w in self.rt.storage.list_workers() if self.queue in w.queues]:
+        while not [w for w in self.rt.storage.workers.list() if self.queue in w.queues]:
             if time.monotonic() > deadline:
                 raise RuntimeError("taskmill worker did not start")
             time.sleep(0.05)
@@ -120,7 +120,7 @@ class Taskmill:
     def drain_window(self, tasks: list[Any]) -> float:
         ids = [t.id for t in tasks]
         while True:
-            done = self.rt.storage.get_tasks(ids)
+            done = self.rt.storage.tasks.get_many(ids)
             if all(t.status.value == "completed" for t in done):
                 break
             time.sleep(0.2)
@@ -135,7 +135,7 @@ class Taskmill:
             t0 = time.time()
             task = lc.submit([lc.build({"type": "echo", "queue": self.queue}, "bench")])[0][0]
             while True:
-                t = self.rt.storage.get_task(task.id)
+                t = self.rt.storage.tasks.get(task.id)
                 if t.started_at is not None and t.status.value == "completed":
                     break
                 time.sleep(0.002)

@@ -8,9 +8,6 @@ never both win a transition.
 
 from __future__ import annotations
 
-import datetime as dt
-import uuid
-from collections.abc import Iterable
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 from typing import Any
@@ -20,13 +17,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from flask import Request
 
     from taskmill.config import Settings
-    from taskmill.models import ApiKey
-    from taskmill.models import NewTask
     from taskmill.models import Principal
-    from taskmill.models import QueueInfo
     from taskmill.models import Task
-    from taskmill.models import TaskStatus
-    from taskmill.models import WorkerInfo
     from taskmill.stores import EventStore
     from taskmill.stores import QueueStore
     from taskmill.stores import SettingsStore
@@ -47,8 +39,9 @@ class Storage:
     transaction unless stated otherwise, is safe from many threads and processes at once, and
     raises :class:`~taskmill.errors.StorageUnavailable` when the database cannot be reached.
 
-    The flat methods below (``get_task``, ``list_workers``, …) are thin delegations to the stores,
-    kept while callers move to the per-resource names; new code calls the stores.
+    A plugin that owns data brings its own stores and attaches them (:meth:`attach`: the auth
+    plugin's ``keys`` and ``audit``). Core writes its audit entries through :meth:`add_audit`,
+    which does nothing when no plugin brought an audit store.
     """
 
     schemes: ClassVar[tuple[str, ...]] = ()
@@ -95,145 +88,16 @@ class Storage:
     def after_fork(self) -> None:
         """Called in a child process after fork: drop inherited connections."""
 
-    # -- flat delegations (kept until the lead retires them) -----------------------------------
-    def insert_tasks(
-        self, tasks: Sequence[NewTask], statuses: Sequence[TaskStatus]
-    ) -> list[tuple[Task, bool]]:
-        return self.tasks.insert(tasks, statuses)
-
-    def transition(
-        self,
-        ids: Iterable[uuid.UUID],
-        from_states: Iterable[TaskStatus],
-        to_state: TaskStatus | None,
-        values: dict[str, Any] | None = None,
-        *,
-        tenant: str | None = None,
-    ) -> list[Task]:
-        return self.tasks.transition(ids, from_states, to_state, values, tenant=tenant)
-
-    def finish_many(self, rows: Sequence[dict[str, Any]], from_state: TaskStatus) -> list[Task]:
-        return self.tasks.finish_many(rows, from_state)
-
-    def claim(self, queues: Sequence[str], limit: int, worker_id: str, now: dt.datetime) -> list[Task]:
-        return self.tasks.claim(queues, limit, worker_id, now)
-
-    def start(self, ids: Sequence[uuid.UUID], worker_id: str, now: dt.datetime) -> list[Task]:
-        return self.tasks.start(ids, worker_id, now)
-
-    def release_due(self, now: dt.datetime, limit: int) -> list[Task]:
-        return self.tasks.release_due(now, limit)
-
-    def release_waiting(self, now: dt.datetime, limit: int) -> list[Task]:
-        return self.tasks.release_waiting(now, limit)
-
-    def blocked_waiting(self, limit: int) -> list[Task]:
-        return self.tasks.blocked_waiting(limit)
-
-    def running_of_workers(self, worker_ids: Sequence[str]) -> list[Task]:
-        return self.tasks.running_of_workers(worker_ids)
-
-    def orphaned_running(self, older_than: dt.datetime) -> list[Task]:
-        return self.tasks.orphaned_running(older_than)
-
-    def stale_queued(self, older_than: dt.datetime, limit: int) -> list[Task]:
-        return self.tasks.stale_queued(older_than, limit)
-
-    def delete_finished(self, before: dt.datetime, limit: int) -> int:
-        return self.tasks.delete_finished(before, limit)
-
-    def get_task(self, task_id: uuid.UUID, *, tenant: str | None = None) -> Task | None:
-        return self.tasks.get(task_id, tenant=tenant)
-
-    def get_tasks(self, ids: Sequence[uuid.UUID], *, tenant: str | None = None) -> list[Task]:
-        return self.tasks.get_many(ids, tenant=tenant)
-
-    def list_tasks(self, filters: dict[str, Any], *, offset: int, limit: int) -> tuple[list[Task], int]:
-        from taskmill.models import TaskQuery
-
-        return self.tasks.list(TaskQuery(**filters, offset=offset, limit=limit))
-
-    def find_failed(self, filters: dict[str, Any], limit: int) -> list[uuid.UUID]:
-        from taskmill.models import DeadLetterQuery
-
-        return self.tasks.find_failed(DeadLetterQuery(**filters, limit=limit))
-
-    def cancel_flags(self, ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
-        return self.tasks.cancel_flags(ids)
-
-    def count_pending(self, tenant: str) -> int:
-        return self.tasks.count_pending(tenant)
-
-    def set_queue_paused(self, name: str, paused: bool) -> None:
-        self.queues.set_paused(name, paused)
-
-    def paused_queues(self) -> set[str]:
-        return self.queues.paused()
-
-    def queue_stats(self, tenant: str | None) -> list[QueueInfo]:
-        return self.queues.stats(tenant)
-
-    def register_worker(self, info: WorkerInfo) -> None:
-        self.workers.register(info)
-
-    def heartbeat(self, worker_id: str, values: dict[str, Any]) -> bool:
-        return self.workers.heartbeat(worker_id, values)
-
-    def unregister_worker(self, worker_id: str) -> None:
-        self.workers.unregister(worker_id)
-
-    def list_workers(self) -> list[WorkerInfo]:
-        return self.workers.list()
-
-    def dead_workers(self, cutoff: dt.datetime) -> list[str]:
-        return self.workers.dead(cutoff)
-
-    def remove_workers(self, worker_ids: Sequence[str], cutoff: dt.datetime) -> list[str]:
-        return self.workers.remove(worker_ids, cutoff)
-
-    def get_or_create_setting(self, key: str, value: str) -> str:
-        return self.settings.get_or_create(key, value)
-
     # -- stores that other plugins bring (auth: ``keys`` and ``audit``) -------------------------
     def attach(self, name: str, store: Any) -> None:
         """Make a plugin's store reachable as ``storage.<name>`` (idempotent)."""
         self.__dict__[name] = store
-
-    def _attached(self, name: str) -> Any:
-        store = self.__dict__.get(name)
-        if store is None:
-            from taskmill.errors import StorageUnavailable
-
-            raise StorageUnavailable(f"no {name} store: the plugin that owns it is not loaded")
-        return store
-
-    def create_api_key(self, key: ApiKey) -> None:
-        self._attached("keys").create(key)
-
-    def find_api_key(self, prefix: str) -> ApiKey | None:
-        return self._attached("keys").find(prefix)
-
-    def list_api_keys(self) -> list[ApiKey]:
-        return self._attached("keys").list()
-
-    def revoke_api_key(self, key_id: str) -> bool:
-        return self._attached("keys").revoke(key_id)
-
-    def touch_api_key(self, key_id: str, when: dt.datetime) -> None:
-        self._attached("keys").touch(key_id, when)
-
-    def count_api_keys(self) -> int:
-        return self._attached("keys").count()
 
     def add_audit(self, entry: dict[str, Any]) -> None:
         """Append to the audit log when a plugin brought one (the auth plugin); else nothing."""
         store = self.__dict__.get("audit")
         if store is not None:
             store.add(entry)
-
-    def list_audit(self, *, offset: int, limit: int, tenant: str | None) -> tuple[list[dict], int]:
-        store = self.__dict__.get("audit")
-        return store.list(offset=offset, limit=limit, tenant=tenant) if store is not None else ([], 0)
 
 
 class Broker:

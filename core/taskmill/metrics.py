@@ -178,14 +178,14 @@ def _queue_stats(storage: Any) -> list[Any]:
     queues = getattr(storage, "queues", None)
     if queues is not None and hasattr(queues, "stats"):
         return list(queues.stats(None))
-    return list(storage.queue_stats(None))
+    return list(storage.queues.stats(None))
 
 
 def _live_workers(storage: Any) -> list[Any]:
     workers = getattr(storage, "workers", None)
     if workers is not None and hasattr(workers, "list"):
         return list(workers.list())
-    return list(storage.list_workers())
+    return list(storage.workers.list())
 
 
 def compute_snapshot(runtime: Runtime) -> Snapshot:

@@ -74,7 +74,7 @@ class Runtime:
         """The installation's server secret: configured, or generated once into the database."""
         if self.settings.secret_key:
             return self.settings.secret_key
-        return self.storage.get_or_create_setting("secret_key", secrets.token_hex(32))
+        return self.storage.settings.get_or_create("secret_key", secrets.token_hex(32))
 
     def after_fork(self) -> None:
         """Drop connections inherited from the parent process."""

@@ -228,7 +228,7 @@ def _queued(runtime: Any) -> list[Task]:
     tasks = getattr(runtime.storage, "tasks", None)
     if tasks is not None:
         return list(tasks.stale_queued(utcnow(), 100_000))
-    return list(runtime.storage.stale_queued(utcnow(), 100_000))
+    return list(runtime.storage.tasks.stale_queued(utcnow(), 100_000))
 
 
 class StubBrokerPlugin:

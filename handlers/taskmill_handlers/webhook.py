@@ -126,6 +126,8 @@ def taskmill_task_event(task: Task, event: str, runtime: Runtime) -> None:
     """
     if not task.callback_url or event not in FINAL_EVENTS or task.type == WEBHOOK_TYPE:
         return
+    from taskmill_handlers.deliveries import delivery_key  # the key deliveries are found by
+
     body = {
         "type": WEBHOOK_TYPE,
         "payload": {"url": task.callback_url, "task_id": str(task.id), "event": event},
@@ -133,7 +135,7 @@ def taskmill_task_event(task: Task, event: str, runtime: Runtime) -> None:
         "max_retries": MAX_RETRIES,
         "retry_backoff": RETRY_BACKOFF,
         "timeout": TASK_TIMEOUT,
-        "idempotency_key": f"webhook:{task.id}:{task.attempts}:{event}",
+        "idempotency_key": delivery_key(task.id, task.attempts, event),
     }
     lifecycle = runtime.lifecycle
     try:
@@ -157,10 +159,10 @@ def _load(runtime: Runtime, ctx: HandlerContext, payload: dict[str, Any]) -> Tas
     Raises:
         WebhookRefused: no such task there, or the URL is not its ``callback_url``.
     """
-    own = runtime.storage.get_task(ctx.task_id)
+    own = runtime.storage.tasks.get(ctx.task_id)
     tenant = own.tenant if own is not None else None
     task_id = uuid.UUID(str(payload["task_id"]))
-    task = runtime.storage.get_task(task_id, tenant=tenant) if tenant is not None else None
+    task = runtime.storage.tasks.get(task_id, tenant=tenant) if tenant is not None else None
     if task is None:
         raise WebhookRefused(f"task {task_id} does not exist in the tenant of this delivery")
     if task.callback_url != payload["url"]:

@@ -37,7 +37,7 @@ from taskmill.models import ApiKey
 from taskmill.models import Principal
 from taskmill.models import Role
 from taskmill.models import utcnow
-from taskmill_auth.store import auth_storage
+from taskmill_auth.store import auth_store
 
 __all__ = [
     "KEY_PREFIX",
@@ -161,7 +161,7 @@ def create_api_key(runtime: Any, tenant: str, role: Role | str, name: str | None
         prefix=prefix,
         created_at=utcnow(),
     )
-    auth_storage(runtime).create_api_key(record)
+    auth_store(runtime).keys.create(record)
     logger.info("API key %s created for tenant %s with role %s", record.id, tenant, role.value)
     return NewKey(
         id=record.id, key=key, tenant=tenant, role=role.value, name=name, created_at=record.created_at
@@ -170,7 +170,7 @@ def create_api_key(runtime: Any, tenant: str, role: Role | str, name: str | None
 
 def revoke_api_key(runtime: Any, key_id: str) -> bool:
     """Revoke a key; True when it existed and was active. Forgets it in this process's cache."""
-    done = auth_storage(runtime).revoke_api_key(key_id)
+    done = auth_store(runtime).keys.revoke(key_id)
     for backend in list(_BACKENDS):
         backend.forget(key_id)
     if done:
@@ -189,14 +189,14 @@ def bootstrap_admin_key(runtime: Any) -> list[str] | None:
     """
     if runtime.settings.auth == "none":
         return None
-    if auth_storage(runtime).count_api_keys() > 0:
+    if auth_store(runtime).keys.count() > 0:
         return None
     candidate = str(uuid.uuid4())
-    winner = runtime.storage.get_or_create_setting(BOOTSTRAP_SETTING, candidate)
+    winner = runtime.storage.settings.get_or_create(BOOTSTRAP_SETTING, candidate)
     if winner != candidate:
         return None
     key, prefix = generate_key()
-    auth_storage(runtime).create_api_key(
+    auth_store(runtime).keys.create(
         ApiKey(
             id=candidate,
             name="bootstrap admin",
@@ -266,7 +266,7 @@ class ApiKeyBackend(AuthBackend):
         cached = self._cache.get(digest)
         if cached is not None and cached[0] > now:
             return cached[1]
-        record = auth_storage(self.runtime).find_api_key(prefix)
+        record = auth_store(self.runtime).keys.find(prefix)
         valid = (
             record is not None and hmac.compare_digest(record.key_hash, digest) and record.revoked_at is None
         )
@@ -290,6 +290,6 @@ class ApiKeyBackend(AuthBackend):
             return
         self._touched[key_id] = now
         try:
-            auth_storage(self.runtime).touch_api_key(key_id, utcnow())
+            auth_store(self.runtime).keys.touch(key_id, utcnow())
         except StorageUnavailable as exc:
             logger.warning("last use of API key %s not recorded: %s", key_id, exc)

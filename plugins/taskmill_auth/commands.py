@@ -13,7 +13,7 @@ from taskmill.models import Role
 from taskmill.serialize import format_time
 from taskmill_auth.apikeys import create_api_key
 from taskmill_auth.apikeys import revoke_api_key
-from taskmill_auth.store import auth_storage
+from taskmill_auth.store import auth_store
 
 __all__ = ["register_commands"]
 
@@ -35,7 +35,7 @@ def _actor() -> str:
 
 
 def _audit(rt: Any, action: str, target: str, tenant: str, **details: Any) -> None:
-    auth_storage(rt).add_audit(
+    auth_store(rt).audit.add(
         {"actor": _actor(), "tenant": tenant, "action": action, "target": target, "details": details or None}
     )
 
@@ -75,7 +75,7 @@ def list_keys(as_json: bool) -> None:
     """List API keys (never their secrets)."""
     rt = _runtime()
     try:
-        keys = auth_storage(rt).list_api_keys()
+        keys = auth_store(rt).keys.list()
     finally:
         rt.close()
     rows = [
@@ -109,7 +109,7 @@ def revoke(key_id: str) -> None:
     """Revoke an API key (other api processes stop accepting it within seconds)."""
     rt = _runtime()
     try:
-        keys = {k.id: k for k in auth_storage(rt).list_api_keys()}
+        keys = {k.id: k for k in auth_store(rt).keys.list()}
         if not revoke_api_key(rt, key_id):
             raise click.ClickException(f"no active API key {key_id}")
         _audit(rt, "api_key.revoke", key_id, keys[key_id].tenant)
@@ -126,7 +126,7 @@ def audit_cmd(tenant: str | None, limit: int, as_json: bool) -> None:
     """Print the audit log, newest first."""
     rt = _runtime()
     try:
-        items, total = auth_storage(rt).list_audit(offset=0, limit=limit, tenant=tenant)
+        items, total = auth_store(rt).audit.list(offset=0, limit=limit, tenant=tenant)
     finally:
         rt.close()
     if as_json:

@@ -49,7 +49,6 @@ __all__ = [
     "KeyStore",
     "AuditStore",
     "auth_store",
-    "auth_storage",
     "metadata",
     "VERSION_TABLE",
     "HEAD",
@@ -329,10 +328,3 @@ def auth_store(runtime: Any) -> AuthStore:
     storage.attach("keys", store.keys)
     storage.attach("audit", store.audit)
     return store
-
-
-def auth_storage(runtime: Any) -> Any:
-    """``runtime.storage`` with the auth stores attached (its ``create_api_key``, ``find_api_key``,
-    ``add_audit``, … delegate to them)."""
-    auth_store(runtime)
-    return runtime.storage

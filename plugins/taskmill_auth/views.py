@@ -22,7 +22,7 @@ from taskmill.models import Role
 from taskmill_auth.apikeys import TENANT_RE
 from taskmill_auth.apikeys import create_api_key
 from taskmill_auth.apikeys import revoke_api_key
-from taskmill_auth.store import auth_storage
+from taskmill_auth.store import auth_store
 
 __all__ = ["keys_blp", "audit_blp"]
 
@@ -108,7 +108,7 @@ class ApiKeys(MethodView):
 
         Without their secrets; revoked keys included (``revoked_at`` set).
         """
-        return [_public(k) for k in auth_storage(get_runtime()).list_api_keys()]
+        return [_public(k) for k in auth_store(get_runtime()).keys.list()]
 
     @requires(Role.ADMIN)
     @keys_blp.doc(operationId="createApiKey")
@@ -152,7 +152,7 @@ class Audit(MethodView):
     def get(self, args: dict[str, Any], pagination_parameters: Any) -> list[dict[str, Any]]:
         """Read the audit log, newest first"""
         offset, limit = page_bounds(pagination_parameters)
-        storage = auth_storage(get_runtime())
-        items, total = storage.list_audit(offset=offset, limit=limit, tenant=args.get("tenant"))
+        store = auth_store(get_runtime()).audit
+        items, total = store.list(offset=offset, limit=limit, tenant=args.get("tenant"))
         pagination_parameters.item_count = total
         return items

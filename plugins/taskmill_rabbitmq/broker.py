@@ -288,7 +288,7 @@ def _paused_queues(runtime: Any) -> set[str]:
     queues = getattr(storage, "queues", None)
     if queues is not None and hasattr(queues, "paused"):
         return set(queues.paused())
-    return set(storage.paused_queues())
+    return set(storage.queues.paused())
 
 
 def _stale_queued(runtime: Any, before: Any, limit: int) -> list[Task]:
@@ -296,7 +296,7 @@ def _stale_queued(runtime: Any, before: Any, limit: int) -> list[Task]:
     tasks = getattr(storage, "tasks", None)
     if tasks is not None and hasattr(tasks, "stale_queued"):
         return list(tasks.stale_queued(before, limit))
-    return list(storage.stale_queued(before, limit))
+    return list(storage.tasks.stale_queued(before, limit))
 
 
 def _queue_stats(runtime: Any) -> list[Any]:
@@ -304,4 +304,4 @@ def _queue_stats(runtime: Any) -> list[Any]:
     queues = getattr(storage, "queues", None)
     if queues is not None and hasattr(queues, "stats"):
         return list(queues.stats(None))
-    return list(storage.queue_stats(None))
+    return list(storage.queues.stats(None))

@@ -130,7 +130,7 @@ class RedisBroker(Broker):
     def queue_resumed(self, name: str) -> int:
         """Publish again the queued tasks of a resumed queue that are in no Redis list (workers
         dropped their deliveries while it was paused), highest priority first."""
-        queued = [t for t in self.runtime.storage.stale_queued(utcnow(), 100_000) if t.queue == name]
+        queued = [t for t in self.runtime.storage.tasks.stale_queued(utcnow(), 100_000) if t.queue == name]
         return self.republish_lost(queued)
 
     def reclaim_dead(self) -> int:
@@ -173,12 +173,12 @@ class RedisBroker(Broker):
     def _paused(self) -> set[str]:
         storage = self.runtime.storage
         queues = getattr(storage, "queues", None)
-        return set(queues.paused() if queues is not None else storage.paused_queues())
+        return set(queues.paused() if queues is not None else storage.queues.paused())
 
     def _workers(self) -> list[Any]:
         storage = self.runtime.storage
         workers = getattr(storage, "workers", None)
-        return list(workers.list() if workers is not None else storage.list_workers())
+        return list(workers.list() if workers is not None else storage.workers.list())
 
     # -- control -----------------------------------------------------------------------------------
     def request_cancel(self, task: Task) -> None:

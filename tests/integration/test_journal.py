@@ -434,7 +434,7 @@ def test_a_database_of_0002_with_auth_tables_upgrades_to_the_journal_and_the_aut
             assert rt.storage.tasks.get(child).depends_on == [str(parent)]
             assert [t.id for t in rt.lifecycle.release_waiting()] == [child]
             assert names(rt, child) == ["task.requeued"]
-            assert rt.storage.find_api_key("p1").id == "k1"
+            assert rt.storage.keys.find("p1").id == "k1"
             assert store.current()
         finally:
             rt.close()

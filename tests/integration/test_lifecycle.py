@@ -21,6 +21,7 @@ from taskmill.lifecycle import check_transition
 from taskmill.manager import Manager
 from taskmill.models import Outcome
 from taskmill.models import Task
+from taskmill.models import TaskQuery
 from taskmill.models import TaskStatus
 from taskmill.models import WorkerInfo
 from taskmill.models import utcnow
@@ -44,7 +45,7 @@ def submit(rt: Any, tenant: str = "acme", **body: Any) -> Task:
 
 
 def count(rt: Any, **filters: Any) -> int:
-    return rt.storage.list_tasks(filters, offset=0, limit=1)[1]
+    return rt.storage.tasks.list(TaskQuery(**filters, limit=1))[1]
 
 
 # ---- pure rules ------------------------------------------------------------------------------------
@@ -164,7 +165,7 @@ def test_failed_attempts_back_off_then_dead_letter(rt: Any) -> None:
             delay = (after.run_at - before).total_seconds()
             bound = 10 * 2 ** (attempt - 1)
             assert bound / 2 - 0.01 <= delay <= bound + 0.01
-            rt.storage.transition([task.id], [S.SCHEDULED], None, {"run_at": utcnow()})
+            rt.storage.tasks.transition([task.id], [S.SCHEDULED], None, {"run_at": utcnow()})
             assert [t.id for t in lc.release_due()] == [task.id]
         else:
             assert after.status is S.FAILED and after.error == {"type": "ValueError"}
@@ -253,11 +254,11 @@ def test_mixed_outcomes_in_one_batch(rt: Any) -> None:
 
 def test_paused_queue_is_not_claimed(rt: Any) -> None:
     submit(rt, queue="slow")
-    rt.storage.set_queue_paused("slow", True)
+    rt.storage.queues.set_paused("slow", True)
     assert rt.lifecycle.claim(["slow"], 5, "w1") == []
-    rt.storage.set_queue_paused("slow", False)
+    rt.storage.queues.set_paused("slow", False)
     assert len(rt.lifecycle.claim(["slow"], 5, "w1")) == 1
-    [q] = [q for q in rt.storage.queue_stats(None) if q.name == "slow"]
+    [q] = [q for q in rt.storage.queues.stats(None) if q.name == "slow"]
     assert q.depth == {"running": 1} and q.paused is False
 
 
@@ -279,9 +280,9 @@ def test_dependencies_release_and_cancel(rt: Any) -> None:
     )
     assert [t.id for t in rt.lifecycle.release_waiting()] == [child.id]
     Manager(rt).tick()
-    after = rt.storage.get_task(doomed.id)
+    after = rt.storage.tasks.get(doomed.id)
     assert after.status is S.CANCELLED and after.error["type"] == "DependencyFailed"
-    assert rt.storage.get_task(grandchild.id).status is S.CANCELLED
+    assert rt.storage.tasks.get(grandchild.id).status is S.CANCELLED
     # a dependency that already completed does not make a new task wait
     late = submit(rt, depends_on=[str(parent.id)])
     assert late.status is S.QUEUED
@@ -289,20 +290,20 @@ def test_dependencies_release_and_cancel(rt: Any) -> None:
 
 def test_manager_recovers_tasks_of_a_dead_worker(rt: Any) -> None:
     old = utcnow() - dt.timedelta(minutes=5)
-    rt.storage.register_worker(WorkerInfo(id="dead", host="h", pid=1, queues=["default"], started_at=old))
-    rt.storage.heartbeat("dead", {"last_heartbeat": old})
+    rt.storage.workers.register(WorkerInfo(id="dead", host="h", pid=1, queues=["default"], started_at=old))
+    rt.storage.workers.heartbeat("dead", {"last_heartbeat": old})
     alive = WorkerInfo(id="alive", host="h", pid=2, queues=["default"])
-    rt.storage.register_worker(alive)
+    rt.storage.workers.register(alive)
     a, b, c = submit(rt), submit(rt), submit(rt, max_retries=0)
     rt.lifecycle.claim(["default"], 1, "alive")
     rt.lifecycle.claim(["default"], 2, "dead")
     counts = Manager(rt).tick()
     assert counts["recovered"] == 2
-    assert rt.storage.get_task(a.id).status is S.RUNNING  # alive worker keeps its task
-    requeued = rt.storage.get_task(b.id)
+    assert rt.storage.tasks.get(a.id).status is S.RUNNING  # alive worker keeps its task
+    requeued = rt.storage.tasks.get(b.id)
     assert requeued.status is S.QUEUED and requeued.attempts == 1 and requeued.error["type"] == "WorkerLost"
-    assert rt.storage.get_task(c.id).status is S.FAILED  # no retries left: dead letter
-    assert [w.id for w in rt.storage.list_workers()] == ["alive"]
+    assert rt.storage.tasks.get(c.id).status is S.FAILED  # no retries left: dead letter
+    assert [w.id for w in rt.storage.workers.list()] == ["alive"]
 
 
 def test_two_managers_release_each_due_task_once(rt: Any) -> None:
@@ -352,11 +353,11 @@ def test_list_filters_and_pagination(rt: Any) -> None:
     for i in range(5):
         submit(rt, tags=["a"] if i % 2 else ["b"], queue="q1" if i < 2 else "q2")
     submit(rt, tenant="other")
-    items, total = rt.storage.list_tasks({"tenant": "acme", "tag": "a"}, offset=0, limit=10)
+    items, total = rt.storage.tasks.list(TaskQuery(tenant="acme", tag="a", limit=10))
     assert total == 2 and all("a" in t.tags for t in items)
-    items, total = rt.storage.list_tasks({"tenant": "acme", "queue": "q2"}, offset=1, limit=1)
+    items, total = rt.storage.tasks.list(TaskQuery(tenant="acme", queue="q2", offset=1, limit=1))
     assert total == 3 and len(items) == 1
-    everything, total = rt.storage.list_tasks({}, offset=0, limit=100)
+    everything, total = rt.storage.tasks.list(TaskQuery(limit=100))
     assert total == 6
     assert [t.created_at for t in everything] == sorted((t.created_at for t in everything), reverse=True)
 
@@ -366,6 +367,8 @@ def test_expired_results_are_deleted(rt: Any) -> None:
     gone = submit(rt)
     [c1, c2] = rt.lifecycle.claim(["default"], 2, "w")
     rt.lifecycle.finish([(c1, Outcome(c1.id, "completed")), (c2, Outcome(c2.id, "completed"))], "w")
-    rt.storage.transition([gone.id], [S.COMPLETED], None, {"finished_at": utcnow() - dt.timedelta(days=30)})
-    assert rt.storage.delete_finished(utcnow() - dt.timedelta(days=7), 100) == 1
-    assert rt.storage.get_task(gone.id) is None and rt.storage.get_task(keep.id) is not None
+    rt.storage.tasks.transition(
+        [gone.id], [S.COMPLETED], None, {"finished_at": utcnow() - dt.timedelta(days=30)}
+    )
+    assert rt.storage.tasks.delete_finished(utcnow() - dt.timedelta(days=7), 100) == 1
+    assert rt.storage.tasks.get(gone.id) is None and rt.storage.tasks.get(keep.id) is not None

@@ -56,7 +56,7 @@ class RunningPool:
 
 
 def status(rt: Any, task: Any) -> TaskStatus:
-    return rt.storage.get_task(task.id).status
+    return rt.storage.tasks.get(task.id).status
 
 
 def test_burst_worker_runs_everything_and_stores_results(rt: Any) -> None:
@@ -64,9 +64,9 @@ def test_burst_worker_runs_everything_and_stores_results(rt: Any) -> None:
     options = WorkerOptions(queues=["default"], concurrency=2, burst=True)
     rt.broker.run_worker(options)
     for t in tasks:
-        done = rt.storage.get_task(t.id)
+        done = rt.storage.tasks.get(t.id)
         assert done.status is S.COMPLETED and done.result == {"i": t.payload["i"]} and done.attempts == 1
-    assert rt.storage.list_workers() == []  # unregistered on exit
+    assert rt.storage.workers.list() == []  # unregistered on exit
 
 
 def test_failures_are_recorded_with_type_message_and_traceback(rt: Any) -> None:
@@ -74,11 +74,11 @@ def test_failures_are_recorded_with_type_message_and_traceback(rt: Any) -> None:
     not_json = submit(rt, type="j.not_json", max_retries=0)
     no_retry = submit(rt, type="j.no_retry", max_retries=5)
     rt.broker.run_worker(WorkerOptions(queues=["default"], concurrency=2, burst=True))
-    b = rt.storage.get_task(boom.id)
+    b = rt.storage.tasks.get(boom.id)
     assert b.status is S.FAILED and b.error["type"] == "ValueError" and b.error["message"] == "kaput"
     assert "Traceback" in b.error["traceback"] and "j_boom" in b.error["traceback"]
-    assert rt.storage.get_task(not_json.id).error["type"] == "TypeError"
-    nr = rt.storage.get_task(no_retry.id)
+    assert rt.storage.tasks.get(not_json.id).error["type"] == "TypeError"
+    nr = rt.storage.tasks.get(no_retry.id)
     assert nr.status is S.FAILED and nr.attempts == 1
 
 
@@ -88,7 +88,7 @@ def test_timeout_kills_the_task_and_counts_a_failed_attempt(rt: Any) -> None:
     started = time.monotonic()
     rt.broker.run_worker(WorkerOptions(queues=["default"], concurrency=1, burst=True))
     assert time.monotonic() - started < 10
-    t = rt.storage.get_task(slow.id)
+    t = rt.storage.tasks.get(slow.id)
     assert t.status is S.FAILED and t.error["type"] == "TimeoutError"
     assert status(rt, after) is S.COMPLETED  # the replacement process carries on
 
@@ -97,7 +97,7 @@ def test_a_crashing_handler_is_a_failed_attempt_and_the_pool_recovers(rt: Any) -
     crash = submit(rt, type="j.crash", max_retries=0)
     others = [submit(rt) for _ in range(5)]
     rt.broker.run_worker(WorkerOptions(queues=["default"], concurrency=1, burst=True))
-    t = rt.storage.get_task(crash.id)
+    t = rt.storage.tasks.get(crash.id)
     assert t.status is S.FAILED and t.error["type"] == "WorkerLost"
     assert all(status(rt, o) is S.COMPLETED for o in others)
 
@@ -107,7 +107,7 @@ def test_retry_exception_then_success(rt: Any) -> None:
     for _ in range(3):
         rt.broker.run_worker(WorkerOptions(queues=["default"], concurrency=1, burst=True))
         rt.lifecycle.release_due()
-    done = rt.storage.get_task(task.id)
+    done = rt.storage.tasks.get(task.id)
     assert done.status is S.COMPLETED and done.result == {"attempt": 3} and done.attempts == 3
 
 
@@ -115,10 +115,10 @@ def test_cooperative_cancel_of_a_running_task(rt: Any) -> None:
     task = submit(rt, type="j.sleep", payload={"seconds": 30})
     with RunningPool(rt):
         wait_for(lambda: status(rt, task) is S.RUNNING)
-        wait_for(lambda: (rt.storage.get_task(task.id).progress or 0) > 0)
+        wait_for(lambda: (rt.storage.tasks.get(task.id).progress or 0) > 0)
         _, done = rt.lifecycle.cancel(task.id, "acme")
         assert not done
-        t = wait_for(lambda: (x := rt.storage.get_task(task.id)).status is S.CANCELLED and x, timeout=10)
+        t = wait_for(lambda: (x := rt.storage.tasks.get(task.id)).status is S.CANCELLED and x, timeout=10)
     assert t.result == {"stopped": True} and t.finished_at is not None
 
 
@@ -129,7 +129,7 @@ def test_forced_cancel_after_the_grace_period(rt: Any) -> None:
         wait_for(lambda: status(rt, task) is S.RUNNING)
         started = time.monotonic()
         rt.lifecycle.cancel(task.id, "acme")
-        t = wait_for(lambda: (x := rt.storage.get_task(task.id)).status is S.CANCELLED and x, timeout=15)
+        t = wait_for(lambda: (x := rt.storage.tasks.get(task.id)).status is S.CANCELLED and x, timeout=15)
         assert time.monotonic() - started >= 0.9  # the grace period (1 s) was given
         assert "force" in t.error["message"]
         wait_for(lambda: status(rt, follow) is S.COMPLETED)
@@ -139,10 +139,10 @@ def test_heartbeat_and_current_task_are_visible(rt: Any) -> None:
     task = submit(rt, type="j.sleep", payload={"seconds": 3})
     with RunningPool(rt, concurrency=1) as pool:
         wait_for(lambda: status(rt, task) is S.RUNNING)
-        w = wait_for(lambda: [w for w in rt.storage.list_workers() if w.current_task])
+        w = wait_for(lambda: [w for w in rt.storage.workers.list() if w.current_task])
         assert w[0].id == pool.worker_id and w[0].current_task == str(task.id)
         first = w[0].last_heartbeat
-        wait_for(lambda: rt.storage.list_workers()[0].last_heartbeat > first)
+        wait_for(lambda: rt.storage.workers.list()[0].last_heartbeat > first)
 
 
 @pytest.mark.slow
@@ -167,17 +167,17 @@ def test_sigterm_finishes_running_and_hands_back_the_rest(tmp_path: Any) -> None
             stderr=subprocess.DEVNULL,
         )
         try:
-            wait_for(lambda: rt.storage.get_task(task.id).status is S.RUNNING)
+            wait_for(lambda: rt.storage.tasks.get(task.id).status is S.RUNNING)
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=20) == 0
         finally:
             if proc.poll() is None:
                 proc.kill()
-        assert rt.storage.get_task(task.id).status is S.COMPLETED
+        assert rt.storage.tasks.get(task.id).status is S.COMPLETED
         for t, _ in rest:
-            after = rt.storage.get_task(t.id)
+            after = rt.storage.tasks.get(t.id)
             assert after.status is S.QUEUED and after.attempts == 0
-        assert rt.storage.list_workers() == []
+        assert rt.storage.workers.list() == []
 
 
 @pytest.mark.integration
@@ -190,7 +190,7 @@ def test_notify_wakes_an_idle_worker_at_once(tmp_path: Any) -> None:
                 time.sleep(4.0)  # idle long enough that its next poll is seconds away
                 task = submit(rt)
                 done = wait_for(
-                    lambda t=task: (x := rt.storage.get_task(t.id)).status is S.COMPLETED and x, 5
+                    lambda t=task: (x := rt.storage.tasks.get(t.id)).status is S.COMPLETED and x, 5
                 )
                 assert (done.started_at - done.created_at).total_seconds() < 0.5
 

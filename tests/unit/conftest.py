@@ -25,6 +25,7 @@ from taskmill import hookimpl
 from taskmill.app import create_app
 from taskmill.models import Outcome
 from taskmill.models import Task
+from taskmill.models import TaskQuery
 from taskmill.runtime import Runtime
 
 
@@ -96,7 +97,7 @@ def runtime(app: Flask) -> Runtime:
 
 def count_tasks(runtime: Runtime) -> int:
     """How many tasks the database holds (every tenant)."""
-    return runtime.storage.list_tasks({}, offset=0, limit=1)[1]
+    return runtime.storage.tasks.list(TaskQuery(limit=1))[1]
 
 
 def run_to_end(

@@ -238,7 +238,7 @@ def test_dead_letters_are_per_tenant(auth_client, auth_app, drive):
     assert r.get_json() == {"requeued": 0, "ids": []}
     r = auth_client.post("/api/v1/dead-letters/requeue", headers=bearer("operator-acme"), json={"filter": {}})
     assert r.get_json() == {"requeued": 1, "ids": [a["id"]]}
-    assert runtime.storage.get_task(uuid.UUID(o["id"])).status.value == "failed"
+    assert runtime.storage.tasks.get(uuid.UUID(o["id"])).status.value == "failed"
 
 
 # ---- the backend loop ------------------------------------------------------------------------------

@@ -43,13 +43,13 @@ def test_pause_and_resume(client, runtime):
     r = client.post("/api/v1/queues/default/pause")
     assert r.status_code == 200
     assert r.get_json()["paused"] is True and r.get_json()["depth"] == {"queued": 1}
-    assert runtime.storage.paused_queues() == {"default"}
+    assert runtime.storage.queues.paused() == {"default"}
     # a paused queue accepts tasks; workers take none from it
     submit(client)
     assert runtime.lifecycle.claim(["default"], 10, "w") == []
     r = client.post("/api/v1/queues/default/resume")
     assert r.status_code == 200 and r.get_json()["paused"] is False
-    assert runtime.storage.paused_queues() == set()
+    assert runtime.storage.queues.paused() == set()
     assert len(runtime.lifecycle.claim(["default"], 10, "w")) == 2
 
 
@@ -65,7 +65,7 @@ def test_invalid_queue_names_are_422(client, runtime, name):
     r = client.post(f"/api/v1/queues/{name}/pause")
     assert r.status_code == 422, r.get_json()
     assert r.get_json()["errors"]
-    assert runtime.storage.paused_queues() == set()
+    assert runtime.storage.queues.paused() == set()
 
 
 # ---- dead letters ----------------------------------------------------------------------------------
@@ -141,11 +141,11 @@ def test_bad_requeue_requests_are_422_and_change_nothing(client, runtime, drive,
 def test_workers(client, runtime, drive):
     a = submit(client)["id"]
     b = submit(client)["id"]
-    runtime.storage.register_worker(
+    runtime.storage.workers.register(
         WorkerInfo(id="w-1", host="box", pid=123, queues=["default"], concurrency=2, started_at=utcnow())
     )
-    runtime.storage.heartbeat("w-1", {"current_task": f"{a},{b}", "processed": 4, "failed": 1})
-    runtime.storage.register_worker(WorkerInfo(id="w-2", host="box", pid=124, queues=["x", "y"]))
+    runtime.storage.workers.heartbeat("w-1", {"current_task": f"{a},{b}", "processed": 4, "failed": 1})
+    runtime.storage.workers.register(WorkerInfo(id="w-2", host="box", pid=124, queues=["x", "y"]))
     r = client.get("/api/v1/workers")
     assert r.status_code == 200
     workers = {w["id"]: w for w in r.get_json()}

@@ -22,6 +22,7 @@ from taskmill.errors import ConfigError
 from taskmill.models import Role
 from taskmill.runtime import build_runtime
 from taskmill_auth import create_api_key
+from taskmill_auth.store import auth_store
 from tests.unit.conftest import JWT_SECRET
 from tests.unit.conftest import build_secured_app
 
@@ -38,7 +39,7 @@ def bearer(token: str) -> dict[str, str]:
 def test_key_format_and_storage(secured):
     created = create_api_key(secured.runtime, "acme", "viewer", "ci")
     assert re.fullmatch(r"tm_[0-9a-f]{12}_[A-Za-z0-9_-]{43}", created["key"])
-    stored = {k.id: k for k in secured.runtime.storage.list_api_keys()}[created["id"]]
+    stored = {k.id: k for k in secured.runtime.storage.keys.list()}[created["id"]]
     assert created["key"] not in json.dumps(stored.__dict__, default=str)
     assert stored.key_hash == apikeys.hash_key("unit-test-secret", created["key"])
     assert created["key"].split("_")[1] == stored.prefix
@@ -96,9 +97,9 @@ def test_revocation_reaches_other_processes_within_the_cache_ttl(secured, monkey
 
 def test_last_used_is_written_at_most_once_a_minute(secured, monkeypatch):
     touched = []
-    storage = secured.runtime.storage
-    original = storage.touch_api_key
-    monkeypatch.setattr(storage, "touch_api_key", lambda i, w: (touched.append(i), original(i, w)))
+    keys = auth_store(secured.runtime).keys
+    original = keys.touch
+    monkeypatch.setattr(keys, "touch", lambda i, w: (touched.append(i), original(i, w)))
     key = secured.keys[("viewer", "other")]
     for _ in range(20):
         assert secured.client.get("/api/v1/queues", headers=bearer(key)).status_code == 200
@@ -107,9 +108,9 @@ def test_last_used_is_written_at_most_once_a_minute(secured, monkeypatch):
 
 def test_a_validated_key_is_cached(secured, monkeypatch):
     calls = []
-    storage = secured.runtime.storage
-    original = storage.find_api_key
-    monkeypatch.setattr(storage, "find_api_key", lambda p: (calls.append(p), original(p))[1])
+    keys = auth_store(secured.runtime).keys
+    original = keys.find
+    monkeypatch.setattr(keys, "find", lambda p: (calls.append(p), original(p))[1])
     key = secured.keys[("submitter", "other")]
     for _ in range(10):
         secured.client.get("/api/v1/queues", headers=bearer(key))
@@ -149,10 +150,10 @@ def test_bootstrap_creates_one_admin_key_once(tmp_path):
         assert len(keys) == 1 and re.fullmatch(r"tm_\w{12}_[\w-]{43}", keys[0])
         assert any("taskmill api-keys create" in line for line in lines)
         assert rt.host.bootstrap(rt) == []
-        (stored,) = rt.storage.list_api_keys()
+        (stored,) = rt.storage.keys.list()
         assert stored.role is Role.ADMIN and stored.tenant == "default"
         # with every key revoked, a restart does not hand out a new admin key
-        rt.storage.revoke_api_key(stored.id)
+        rt.storage.keys.revoke(stored.id)
         assert rt.host.bootstrap(rt) == []
     finally:
         rt.close()
@@ -174,7 +175,7 @@ def test_bootstrap_races_create_one_key(tmp_path):
         t.join()
     try:
         assert sum(1 for lines in results if lines) == 1
-        assert len(runtimes[0].storage.list_api_keys()) == 1
+        assert len(runtimes[0].storage.keys.list()) == 1
     finally:
         for rt in runtimes:
             rt.close()

@@ -43,7 +43,7 @@ def test_submit_returns_201_with_the_task_and_location(client, runtime):
         "finished_at", "updated_at",
     }  # fmt: skip
     assert set(task) == expected
-    assert runtime.storage.get_task(uuid.UUID(task["id"])) is not None
+    assert runtime.storage.tasks.get(uuid.UUID(task["id"])) is not None
 
 
 def test_submit_uses_the_handler_defaults(client):

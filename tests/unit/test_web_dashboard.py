@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 
 from taskmill.api.auth import undeclared_routes
+from taskmill.models import DeadLetterQuery
 from taskmill.models import TaskStatus
+from taskmill_auth.store import auth_store
 from tests.unit.conftest import Secured
 
 PAGES = [
@@ -177,7 +179,7 @@ def test_viewer_sees_no_action_buttons_and_a_forged_post_is_refused(web: Secured
     assert r.status_code == 403
     assert client.get("/dashboard/dead-letters").status_code == 403
     assert web.runtime.lifecycle.get(task.id, None).status is TaskStatus.QUEUED
-    assert web.runtime.storage.paused_queues() == set()
+    assert web.runtime.storage.queues.paused() == set()
 
 
 def test_another_tenants_task_is_not_found_by_url(web: Secured) -> None:
@@ -205,7 +207,7 @@ def test_submitter_cancels_and_the_audit_log_says_who(web: Secured) -> None:
     r = client.post(f"/dashboard/tasks/{task.id}/cancel", data={"csrf_token": csrf_of(page.text)})
     assert r.status_code == 303
     assert web.runtime.lifecycle.get(task.id, None).status is TaskStatus.CANCELLED
-    entries, _ = web.runtime.storage.list_audit(offset=0, limit=50, tenant=None)
+    entries, _ = auth_store(web.runtime).audit.list(offset=0, limit=50, tenant=None)
     actions = {(e["action"], e["target"]) for e in entries}
     assert ("task.cancel", str(task.id)) in actions
     assert "Cancelled" in client.get(r.headers["Location"]).text
@@ -233,9 +235,9 @@ def test_queue_pause_needs_admin(web: Secured) -> None:
     assert r.status_code == 403
     admin = sign_in(web, "admin")
     r = admin.post("/dashboard/queues/default/pause", data={"csrf_token": token(admin)})
-    assert r.status_code == 303 and web.runtime.storage.paused_queues() == {"default"}
+    assert r.status_code == 303 and web.runtime.storage.queues.paused() == {"default"}
     r = admin.post("/dashboard/queues/default/resume", data={"csrf_token": token(admin)})
-    assert web.runtime.storage.paused_queues() == set()
+    assert web.runtime.storage.queues.paused() == set()
 
 
 def test_dead_letters_grouped_then_requeued_by_filter_with_a_count(web: Secured, drive: Any) -> None:
@@ -253,7 +255,7 @@ def test_dead_letters_grouped_then_requeued_by_filter_with_a_count(web: Secured,
     assert r.status_code == 303
     for t in failed:
         assert web.runtime.lifecycle.get(t.id, None).status is TaskStatus.QUEUED
-    theirs = web.runtime.storage.find_failed({"tenant": "other"}, limit=10)
+    theirs = web.runtime.storage.tasks.find_failed(DeadLetterQuery(tenant="other", limit=10))
     assert len(theirs) == 1
 
 

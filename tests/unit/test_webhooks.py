@@ -16,6 +16,7 @@ import pytest
 import taskmill.worker
 from taskmill.journal import JournalFeed
 from taskmill.models import Task
+from taskmill.models import TaskQuery
 from taskmill.models import TaskStatus
 from taskmill.runtime import Runtime
 from taskmill.serialize import task_to_dict
@@ -103,13 +104,13 @@ def drain(rt: Runtime) -> None:
     for _ in range(5):
         rt.broker.run_worker(WorkerOptions(queues=["default"], concurrency=1, burst=True))
         feed.run_once()
-        if not rt.storage.list_tasks({"status": "queued"}, offset=0, limit=1)[1]:
+        if not rt.storage.tasks.list(TaskQuery(status="queued", limit=1))[1]:
             return
     raise AssertionError("tasks are still queued")
 
 
 def all_tasks(rt: Runtime) -> list[Task]:
-    return rt.storage.list_tasks({}, offset=0, limit=100)[0]
+    return rt.storage.tasks.list(TaskQuery(limit=100))[0]
 
 
 def deliveries(rt: Runtime) -> list[Task]:
@@ -123,7 +124,7 @@ def test_a_completed_task_is_posted_signed_to_its_callback(make_rt: Any, receive
 
     assert len(receiver.requests) == 1
     req = receiver.requests[0]
-    final = rt.storage.get_task(task.id)
+    final = rt.storage.tasks.get(task.id)
     assert final.status is S.COMPLETED
     body = json.loads(req["body"])
     assert body == task_to_dict(final)
@@ -171,7 +172,7 @@ def test_a_loopback_receiver_is_refused_at_delivery_without_retry(make_rt: Any, 
     rt = make_rt()  # webhook_allow_private off
     task = submit(rt, type="fail", max_retries=0, callback_url=receiver.url(host="localhost"))
     drain(rt)
-    assert rt.storage.get_task(task.id).status is S.FAILED
+    assert rt.storage.tasks.get(task.id).status is S.FAILED
     [delivery] = deliveries(rt)
     assert delivery.status is S.FAILED and delivery.attempts == 1
     assert delivery.error["type"] == "ForbiddenAddress"
@@ -216,6 +217,6 @@ def test_a_delivery_only_sends_a_task_of_its_tenant_to_that_tasks_callback(
     )
     drain(rt)
     for t in (other_tenant, other_url):
-        done = rt.storage.get_task(t.id)
+        done = rt.storage.tasks.get(t.id)
         assert done.status is S.FAILED and done.error["type"] == "WebhookRefused" and done.attempts == 1
     assert receiver.requests == []

@@ -201,7 +201,7 @@ def _set_paused(name: str, paused: bool) -> Any:
     if store is not None and hasattr(store, "set_paused"):
         store.set_paused(name, paused)
     else:
-        storage.set_queue_paused(name, paused)
+        storage.queues.set_paused(name, paused)
     state()["overview"].invalidate()
     audit("queue.pause" if paused else "queue.resume", name)
     flash(f"Queue {name} {'paused' if paused else 'resumed'}.", "info")

@@ -133,7 +133,7 @@ class Overview:
         finished = self.reads.finished_per_minute(since)
         live = self.reads.live_counts()
         paused = self.reads.known_queues()
-        workers = self.storage.list_workers()
+        workers = self.storage.workers.list()
         ids = []
         for w in workers:
             for value in running_ids(w.current_task):
@@ -141,7 +141,7 @@ class Overview:
                     ids.append(uuid.UUID(value))
                 except ValueError:
                     continue
-        running = self.storage.get_tasks(ids, tenant=None) if ids else []
+        running = self.storage.tasks.get_many(ids, tenant=None) if ids else []
         # replace the minutes asked again; drop those older than the history
         horizon = int(now.timestamp()) // 60 - HISTORY_MINUTES
         buckets = {k: v for k, v in self._buckets.items() if first_minute > k[3] >= horizon}

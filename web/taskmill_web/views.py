@@ -112,7 +112,7 @@ def task(task_id: str) -> Any:
                 ids.append(uuid.UUID(str(value)))
             except ValueError:
                 continue
-        found = {str(t.id): t for t in runtime.storage.get_tasks(ids, tenant=tenant)}
+        found = {str(t.id): t for t in runtime.storage.tasks.get_many(ids, tenant=tenant)}
         deps = [(str(i), found.get(str(i))) for i in ids]
     reads = state()["reads"]
     return render(

@@ -23,29 +23,9 @@ __all__ = ["Presence", "workers_store"]
 logger = logging.getLogger("taskmill.worker")
 
 
-class _FlatWorkers:
-    """``storage.workers`` on a storage that still has only the flat methods."""
-
-    def __init__(self, storage: Any) -> None:
-        self._s = storage
-
-    def register(self, info: WorkerInfo) -> None:
-        self._s.register_worker(info)
-
-    def heartbeat(self, worker_id: str, values: dict[str, Any]) -> bool:
-        return bool(self._s.heartbeat(worker_id, values))
-
-    def unregister(self, worker_id: str) -> None:
-        self._s.unregister_worker(worker_id)
-
-    def list(self) -> list[WorkerInfo]:
-        return self._s.list_workers()
-
-
 def workers_store(storage: Any) -> Any:
-    """The storage's workers store (``storage.workers``), or a view of its flat methods."""
-    store = getattr(storage, "workers", None)
-    return store if store is not None else _FlatWorkers(storage)
+    """The storage's workers store (``storage.workers``)."""
+    return storage.workers
 
 
 class Presence:
