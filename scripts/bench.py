@@ -309,7 +309,8 @@ def taskmill_drain(url: str, n: int, worker_args: list[str]) -> dict[str, float]
 
 
 def _rss_kib(pid: int) -> int:
-    """Resident set of ``pid`` and its children (KiB)."""
+    """Proportional set size of ``pid`` and its children (KiB): pages a prefork pool shares are
+    counted once, as a container's memory limit counts them."""
     total = 0
     pids = [pid]
     try:
@@ -318,7 +319,7 @@ def _rss_kib(pid: int) -> int:
         pass
     for p in pids:
         try:
-            m = re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{p}/status").read_text())
+            m = re.search(r"Pss:\s+(\d+)", Path(f"/proc/{p}/smaps_rollup").read_text())
             total += int(m.group(1)) if m else 0
         except OSError:
             pass
@@ -331,7 +332,7 @@ def run_memory(args: argparse.Namespace, workdir: Path) -> None:
     from bench_peers import watch_drain
 
     print(f"\nmachine: {machine()}; N = {args.tasks:,} echo tasks per pool; PostgreSQL\n")
-    print("| pool | RSS after start, MiB | RSS at end, MiB | tasks/s | storage bytes/task (tasks + events) |")
+    print("| pool | PSS after start, MiB | PSS at end, MiB | tasks/s | storage bytes/task (tasks + events) |")
     print("|---|---:|---:|---:|---:|")
     for name, wargs in DRAIN_CONFIGS:
         with database("postgresql", workdir) as url:
@@ -339,7 +340,11 @@ def run_memory(args: argparse.Namespace, workdir: Path) -> None:
             db = Db(url)
             submit_direct(url, args.tasks)
             with process(["worker", *wargs], base_env(url)) as proc:
-                time.sleep(2.0)
+                deadline = time.monotonic() + 120  # the pool is up once the first task completed
+                while time.monotonic() < deadline and not db.scalar(
+                    "SELECT count(*) FROM tasks WHERE status = 'completed'"
+                ):
+                    time.sleep(0.2)
                 start = _rss_kib(proc.pid)
                 rate = watch_drain(
                     lambda db=db: db.scalar("SELECT count(*) FROM tasks WHERE status <> 'completed'"),
