@@ -20,12 +20,21 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers; at run time names res
     from taskmill.api import register_blueprint
     from taskmill.api.auth import audit
     from taskmill.api.auth import current_principal
+    from taskmill.api.auth import principal_for_credential
     from taskmill.api.auth import public
     from taskmill.api.auth import requires
     from taskmill.api.auth import scope_tenant
+    from taskmill.api.auth import submit_tenant
+    from taskmill.api.auth import use_principal
     from taskmill.api.blueprint import Blueprint
     from taskmill.api.errors import documents_errors
+    from taskmill.api.events import KEEPALIVE
+    from taskmill.api.events import TooManyStreams
+    from taskmill.api.events import hub_of as event_hub_of
+    from taskmill.api.events import stream as event_stream
+    from taskmill.api.schemas import TaskCreateSchema
     from taskmill.api.schemas import UtcDateTime
+    from taskmill.api.schemas import validate_queue_name
     from taskmill.api.tasks import page_bounds
     from taskmill.app import get_runtime
     from taskmill.config import PluginSettings
@@ -39,9 +48,11 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers; at run time names res
     from taskmill.errors import BrokerUnavailable
     from taskmill.errors import ConfigError
     from taskmill.errors import Conflict
+    from taskmill.errors import Forbidden
     from taskmill.errors import InvalidTransition
     from taskmill.errors import NotFound
     from taskmill.errors import PluginError
+    from taskmill.errors import RateLimited
     from taskmill.errors import Retry
     from taskmill.errors import StorageError
     from taskmill.errors import StorageUnavailable
@@ -50,7 +61,16 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers; at run time names res
     from taskmill.errors import ValidationError
     from taskmill.execution import TimeoutExpired
     from taskmill.execution import run_handler
+    from taskmill.handlers import payload_json_schema
     from taskmill.hookspecs import hookimpl
+    from taskmill.insights import LIVE_STATES
+    from taskmill.insights import SEARCH_WINDOW
+    from taskmill.insights import InsightsStore
+    from taskmill.insights import Page
+    from taskmill.insights import TaskFilter
+    from taskmill.insights import decode_cursor
+    from taskmill.insights import encode_cursor
+    from taskmill.insights import parse_payload_query
     from taskmill.interfaces import AuthBackend
     from taskmill.interfaces import Broker
     from taskmill.interfaces import Storage
@@ -75,8 +95,10 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers; at run time names res
     from taskmill.registry import scheme_of
     from taskmill.runtime import Runtime
     from taskmill.runtime import build_runtime
+    from taskmill.schedules import Schedule
     from taskmill.schedules import ScheduleService
     from taskmill.serialize import format_time
+    from taskmill.serialize import loads_bounded
     from taskmill.serialize import task_to_dict
     from taskmill.worker import CancelWatch
     from taskmill.worker import OutcomeBuffer
@@ -88,9 +110,39 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers; at run time names res
     from taskmill.worker import set_current_runtime
     from taskmill.worker.transport import Consumer
     from taskmill.worker.transport import Delivery
+    from taskmill.workflows import NewWorkflow
+    from taskmill.workflows import Workflow
+    from taskmill.workflows import WorkflowService
+    from taskmill.workflows import derive_status
 
 
 __all__ = [
+    "parse_payload_query",
+    "decode_cursor",
+    "encode_cursor",
+    "LIVE_STATES",
+    "SEARCH_WINDOW",
+    "Page",
+    "TaskFilter",
+    "InsightsStore",
+    "validate_queue_name",
+    "use_principal",
+    "submit_tenant",
+    "principal_for_credential",
+    "payload_json_schema",
+    "loads_bounded",
+    "event_hub_of",
+    "event_stream",
+    "TooManyStreams",
+    "KEEPALIVE",
+    "derive_status",
+    "WorkflowService",
+    "Workflow",
+    "TaskCreateSchema",
+    "Schedule",
+    "RateLimited",
+    "NewWorkflow",
+    "Forbidden",
     # contracts
     "Broker",
     "Storage",
@@ -172,6 +224,32 @@ __all__ = [
 ]
 
 _WHERE: dict[str, str] = {
+    "parse_payload_query": "taskmill.insights",
+    "decode_cursor": "taskmill.insights",
+    "encode_cursor": "taskmill.insights",
+    "LIVE_STATES": "taskmill.insights",
+    "SEARCH_WINDOW": "taskmill.insights",
+    "Page": "taskmill.insights",
+    "TaskFilter": "taskmill.insights",
+    "InsightsStore": "taskmill.insights",
+    "validate_queue_name": "taskmill.api.schemas",
+    "use_principal": "taskmill.api.auth",
+    "submit_tenant": "taskmill.api.auth",
+    "principal_for_credential": "taskmill.api.auth",
+    "payload_json_schema": "taskmill.handlers",
+    "loads_bounded": "taskmill.serialize",
+    "event_hub_of": "taskmill.api.events",
+    "event_stream": "taskmill.api.events",
+    "TooManyStreams": "taskmill.api.events",
+    "KEEPALIVE": "taskmill.api.events",
+    "derive_status": "taskmill.workflows",
+    "WorkflowService": "taskmill.workflows",
+    "Workflow": "taskmill.workflows",
+    "TaskCreateSchema": "taskmill.api.schemas",
+    "Schedule": "taskmill.schedules",
+    "RateLimited": "taskmill.errors",
+    "NewWorkflow": "taskmill.workflows",
+    "Forbidden": "taskmill.errors",
     "Broker": "taskmill.interfaces",
     "Storage": "taskmill.interfaces",
     "AuthBackend": "taskmill.interfaces",
@@ -247,11 +325,15 @@ _WHERE: dict[str, str] = {
 """Where each published name lives today (an implementation detail: import from here)."""
 
 
+_ALIASES: dict[str, str] = {"event_hub_of": "hub_of", "event_stream": "stream"}
+"""Published names that differ from the name in their module."""
+
+
 def __getattr__(name: str) -> Any:
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"taskmill.plugin_api has no {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    value = getattr(importlib.import_module(module), _ALIASES.get(name, name))
     globals()[name] = value
     return value
 

@@ -35,15 +35,15 @@ from taskmill import Retry
 from taskmill import TaskmillError
 from taskmill import handler
 from taskmill import hookimpl
-from taskmill.errors import Conflict
-from taskmill.models import FINAL_STATES
-from taskmill.models import Task
-from taskmill.serialize import task_to_dict
+from taskmill.plugin_api import FINAL_STATES
+from taskmill.plugin_api import Conflict
+from taskmill.plugin_api import Task
+from taskmill.plugin_api import task_to_dict
 from taskmill_handlers.http_request import address_policy
 from taskmill_handlers.http_request import guarded_session
 
 if TYPE_CHECKING:  # pragma: no cover
-    from taskmill.runtime import Runtime
+    from taskmill.plugin_api import Runtime
 
 __all__ = [
     "WEBHOOK_TYPE",
@@ -198,7 +198,7 @@ def webhook_handler(ctx: HandlerContext, payload: dict[str, Any]) -> dict[str, A
         WebhookRefused: the task is not in this tenant or has another ``callback_url`` (no retry).
         WebhookDeliveryFailed: connection error, timeout or non-2xx answer (retried).
     """
-    from taskmill.worker import current_runtime
+    from taskmill.plugin_api import current_runtime
 
     runtime = current_runtime()
     task = _load(runtime, ctx, payload)

@@ -29,14 +29,14 @@ import uuid
 import weakref
 from typing import Any
 
-from taskmill.errors import AuthError
-from taskmill.errors import StorageUnavailable
-from taskmill.errors import ValidationError
-from taskmill.interfaces import AuthBackend
-from taskmill.models import ApiKey
-from taskmill.models import Principal
-from taskmill.models import Role
-from taskmill.models import utcnow
+from taskmill.plugin_api import ApiKey
+from taskmill.plugin_api import AuthBackend
+from taskmill.plugin_api import AuthError
+from taskmill.plugin_api import Principal
+from taskmill.plugin_api import Role
+from taskmill.plugin_api import StorageUnavailable
+from taskmill.plugin_api import ValidationError
+from taskmill.plugin_api import utcnow
 from taskmill_auth.store import auth_store
 
 __all__ = [

@@ -9,8 +9,8 @@ from typing import Any
 
 import click
 
-from taskmill.models import Role
-from taskmill.serialize import format_time
+from taskmill.plugin_api import Role
+from taskmill.plugin_api import format_time
 from taskmill_auth.apikeys import create_api_key
 from taskmill_auth.apikeys import revoke_api_key
 from taskmill_auth.store import auth_store
@@ -19,9 +19,9 @@ __all__ = ["register_commands"]
 
 
 def _runtime() -> Any:
-    from taskmill.config import load_settings
-    from taskmill.registry import scheme_of
-    from taskmill.runtime import build_runtime
+    from taskmill.plugin_api import build_runtime
+    from taskmill.plugin_api import load_settings
+    from taskmill.plugin_api import scheme_of
 
     settings = load_settings()
     return build_runtime(settings, upgrade=scheme_of(settings.database_url) == "sqlite")

@@ -16,12 +16,12 @@ from typing import Any
 
 import jwt
 
-from taskmill.errors import AuthError
-from taskmill.errors import ConfigError
-from taskmill.errors import ValidationError
-from taskmill.interfaces import AuthBackend
-from taskmill.models import Principal
-from taskmill.models import Role
+from taskmill.plugin_api import AuthBackend
+from taskmill.plugin_api import AuthError
+from taskmill.plugin_api import ConfigError
+from taskmill.plugin_api import Principal
+from taskmill.plugin_api import Role
+from taskmill.plugin_api import ValidationError
 from taskmill_auth.apikeys import credential_from_request
 from taskmill_auth.apikeys import looks_like_jwt
 from taskmill_auth.apikeys import validate_tenant

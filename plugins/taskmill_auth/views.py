@@ -9,16 +9,16 @@ from marshmallow import Schema
 from marshmallow import fields
 from marshmallow import validate
 
-from taskmill.api.auth import audit
-from taskmill.api.auth import requires
-from taskmill.api.blueprint import Blueprint
-from taskmill.api.errors import documents_errors
-from taskmill.api.schemas import UtcDateTime
-from taskmill.api.tasks import page_bounds
-from taskmill.app import get_runtime
-from taskmill.errors import NotFound
-from taskmill.models import ApiKey
-from taskmill.models import Role
+from taskmill.plugin_api import ApiKey
+from taskmill.plugin_api import Blueprint
+from taskmill.plugin_api import NotFound
+from taskmill.plugin_api import Role
+from taskmill.plugin_api import UtcDateTime
+from taskmill.plugin_api import audit
+from taskmill.plugin_api import documents_errors
+from taskmill.plugin_api import get_runtime
+from taskmill.plugin_api import page_bounds
+from taskmill.plugin_api import requires
 from taskmill_auth.apikeys import TENANT_RE
 from taskmill_auth.apikeys import create_api_key
 from taskmill_auth.apikeys import revoke_api_key

@@ -28,9 +28,9 @@ from sqlalchemy import text
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 
-from taskmill.errors import Conflict
-from taskmill.models import utcnow
-from taskmill.schedules import Schedule
+from taskmill.plugin_api import Conflict
+from taskmill.plugin_api import Schedule
+from taskmill.plugin_api import utcnow
 from taskmill_sql.tables import Json
 from taskmill_sql.tables import UTCDateTime
 from taskmill_sql.tables import metadata

@@ -57,6 +57,13 @@ class SqlStorage(Storage):
 
         return SqlWorkflowStore(self.db)
 
+    @functools.cached_property
+    def insights(self) -> Any:
+        """The dashboard's bounded reads (:class:`taskmill.insights.InsightsStore`)."""
+        from taskmill_sql.insights import SqlInsights
+
+        return SqlInsights(self)
+
     # ---- what other modules of the plugin (broker, dashboard reads) reach ------------------------
     @property
     def engine(self) -> Any:

@@ -34,11 +34,11 @@ from sqlalchemy import select
 from sqlalchemy import text
 from sqlalchemy import update
 
-from taskmill.models import TaskStatus
-from taskmill.models import utcnow
-from taskmill.workflows import NewWorkflow
-from taskmill.workflows import Workflow
-from taskmill.workflows import derive_status
+from taskmill.plugin_api import NewWorkflow
+from taskmill.plugin_api import TaskStatus
+from taskmill.plugin_api import Workflow
+from taskmill.plugin_api import derive_status
+from taskmill.plugin_api import utcnow
 from taskmill_sql.tables import UTCDateTime
 from taskmill_sql.tables import metadata
 from taskmill_sql.tables import tasks

@@ -22,18 +22,23 @@ def init_dashboard(app: Any) -> None:
     """Register the dashboard on a taskmill app (its runtime is ``app.extensions["taskmill"]``)."""
     from flask import redirect
 
-    from taskmill.api.auth import public
+    from taskmill.plugin_api import public
     from taskmill_web import actions  # noqa: F401 - registers the forms' routes
     from taskmill_web import live  # noqa: F401 - registers the live JSON routes
     from taskmill_web import views  # noqa: F401 - registers the pages
     from taskmill_web.blueprint import EXTENSION_KEY
     from taskmill_web.blueprint import bp
     from taskmill_web.overview import Overview
-    from taskmill_web.reads import Reads
     from taskmill_web.session import init_session
 
     runtime = app.extensions["taskmill"]
-    reads = Reads(runtime.storage)
+    reads = getattr(runtime.storage, "insights", None)
+    if reads is None:
+        from taskmill.plugin_api import PluginError
+
+        raise PluginError(
+            f"the dashboard needs a storage with an insights store; {type(runtime.storage).__name__} has none"
+        )
     app.extensions[EXTENSION_KEY] = {"reads": reads, "overview": Overview(reads, runtime.storage)}
     init_session(app)
     app.register_blueprint(bp)

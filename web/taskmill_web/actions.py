@@ -14,21 +14,21 @@ from flask import request
 from flask import url_for
 from marshmallow import ValidationError as SchemaError
 
-from taskmill.api.auth import audit
-from taskmill.api.auth import public
-from taskmill.api.auth import requires
-from taskmill.api.auth import scope_tenant
-from taskmill.api.auth import submit_tenant
-from taskmill.api.schemas import TaskCreateSchema
-from taskmill.api.schemas import validate_queue_name
-from taskmill.app import get_runtime
-from taskmill.errors import AuthError
-from taskmill.errors import InvalidTransition
-from taskmill.errors import NotFound
-from taskmill.errors import TaskNotFound
-from taskmill.errors import ValidationError
-from taskmill.handlers import payload_json_schema
-from taskmill.models import Role
+from taskmill.plugin_api import AuthError
+from taskmill.plugin_api import InvalidTransition
+from taskmill.plugin_api import NotFound
+from taskmill.plugin_api import Role
+from taskmill.plugin_api import TaskCreateSchema
+from taskmill.plugin_api import TaskNotFound
+from taskmill.plugin_api import ValidationError
+from taskmill.plugin_api import audit
+from taskmill.plugin_api import get_runtime
+from taskmill.plugin_api import payload_json_schema
+from taskmill.plugin_api import public
+from taskmill.plugin_api import requires
+from taskmill.plugin_api import scope_tenant
+from taskmill.plugin_api import submit_tenant
+from taskmill.plugin_api import validate_queue_name
 from taskmill_web import extras
 from taskmill_web import session as web_session
 from taskmill_web.blueprint import bp

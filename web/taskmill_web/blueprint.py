@@ -33,19 +33,19 @@ from flask import send_from_directory
 from flask import url_for
 from werkzeug.exceptions import HTTPException
 
-from taskmill.api.auth import current_principal
-from taskmill.api.auth import public
-from taskmill.errors import AuthError
-from taskmill.errors import Conflict
-from taskmill.errors import Forbidden
-from taskmill.errors import InvalidTransition
-from taskmill.errors import NotFound
-from taskmill.errors import RateLimited
-from taskmill.errors import StorageUnavailable
-from taskmill.errors import TaskmillError
-from taskmill.errors import ValidationError
-from taskmill.models import Principal
-from taskmill.models import Role
+from taskmill.plugin_api import AuthError
+from taskmill.plugin_api import Conflict
+from taskmill.plugin_api import Forbidden
+from taskmill.plugin_api import InvalidTransition
+from taskmill.plugin_api import NotFound
+from taskmill.plugin_api import Principal
+from taskmill.plugin_api import RateLimited
+from taskmill.plugin_api import Role
+from taskmill.plugin_api import StorageUnavailable
+from taskmill.plugin_api import TaskmillError
+from taskmill.plugin_api import ValidationError
+from taskmill.plugin_api import current_principal
+from taskmill.plugin_api import public
 from taskmill_web import session as web_session
 
 __all__ = ["bp", "CSP", "STATIC_DIR", "state", "principal_or_none", "can", "render", "safe_next"]

@@ -8,7 +8,7 @@ import logging
 import uuid
 from typing import Any
 
-from taskmill.models import Task
+from taskmill.plugin_api import Task
 
 __all__ = ["timeline", "schedules", "workflows", "workflow_graph", "schedule_service", "layout"]
 
@@ -27,7 +27,7 @@ def timeline(runtime: Any, task: Task, limit: int = 500) -> list[Any] | None:
     if events is None or not hasattr(events, "read"):
         return None
     try:
-        from taskmill.models import EventQuery
+        from taskmill.plugin_api import EventQuery
     except ImportError:  # pragma: no cover - a core without the journal
         return None
     return events.read(0, EventQuery(task_ids=(task.id,)), limit)
@@ -36,7 +36,7 @@ def timeline(runtime: Any, task: Task, limit: int = 500) -> list[Any] | None:
 def schedule_service(runtime: Any) -> Any:
     """The schedule service, or None when this core has no schedules."""
     try:
-        from taskmill.schedules import ScheduleService
+        from taskmill.plugin_api import ScheduleService
     except ImportError:
         return None
     return ScheduleService(runtime)
@@ -53,7 +53,7 @@ def schedules(runtime: Any, tenant: str | None, limit: int = 500) -> list[Any] |
 
 def _workflow_service(runtime: Any) -> Any:
     try:
-        from taskmill.workflows import WorkflowService
+        from taskmill.plugin_api import WorkflowService
     except ImportError:
         return None
     return WorkflowService(runtime)
@@ -116,7 +116,7 @@ def workflow_graph(runtime: Any, workflow_id: str, tenant: str | None) -> dict[s
         parsed = uuid.UUID(workflow_id)
     except ValueError:
         return None
-    from taskmill.errors import NotFound
+    from taskmill.plugin_api import NotFound
 
     try:
         workflow = service.get(parsed, tenant)

@@ -13,7 +13,7 @@ import dataclasses
 import json
 from typing import Any
 
-from taskmill.serialize import loads_bounded
+from taskmill.plugin_api import loads_bounded
 
 __all__ = ["Field", "fields_of", "read_payload", "read_options", "FormError"]
 

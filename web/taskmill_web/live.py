@@ -24,11 +24,11 @@ from flask import current_app
 from flask import jsonify
 from flask import request
 
-from taskmill.api.auth import requires
-from taskmill.api.auth import scope_tenant
-from taskmill.app import get_runtime
-from taskmill.models import Role
-from taskmill.serialize import format_time
+from taskmill.plugin_api import Role
+from taskmill.plugin_api import format_time
+from taskmill.plugin_api import get_runtime
+from taskmill.plugin_api import requires
+from taskmill.plugin_api import scope_tenant
 from taskmill_web.blueprint import bp
 from taskmill_web.blueprint import state
 from taskmill_web.views import _task_or_404
@@ -97,8 +97,11 @@ def _overview_stream(hub: Any, sub: Any, overview: Any, tenant: str | None) -> I
 @requires(Role.VIEWER)
 def events() -> Any:
     """The event stream of the signed-in principal: one task's events, or the overview."""
-    from taskmill.api import events as api_events
-    from taskmill.models import EventQuery
+    from taskmill.plugin_api import KEEPALIVE
+    from taskmill.plugin_api import EventQuery
+    from taskmill.plugin_api import TooManyStreams
+    from taskmill.plugin_api import event_hub_of
+    from taskmill.plugin_api import event_stream
 
     tenant = scope_tenant()
     runtime = get_runtime()
@@ -106,10 +109,10 @@ def events() -> Any:
     task_ids: tuple[uuid.UUID, ...] = ()
     if view != "overview":
         task_ids = (_task_or_404(request.args.get("task_id", "")).id,)  # 404 outside the tenant
-    hub = api_events.hub_of(current_app)
+    hub = event_hub_of(current_app)
     try:
         sub = hub.subscribe(EventQuery(tenant=tenant, task_ids=task_ids))
-    except api_events.TooManyStreams:
+    except TooManyStreams:
         response = jsonify({"code": 503, "message": "too many open streams; polling instead"})
         response.status_code = 503
         response.headers["Retry-After"] = "5"
@@ -117,7 +120,7 @@ def events() -> Any:
     if view == "overview":
         body = _overview_stream(hub, sub, state()["overview"], tenant)
     else:
-        body = api_events.stream(runtime, hub, sub, None, api_events.KEEPALIVE)
+        body = event_stream(runtime, hub, sub, None, KEEPALIVE)
     response = Response(body, mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"

@@ -24,7 +24,7 @@ import time
 import uuid
 from typing import Any
 
-from taskmill.models import utcnow
+from taskmill.plugin_api import utcnow
 
 __all__ = ["Overview", "REFRESH_INTERVAL", "HISTORY_MINUTES", "CHART_MINUTES", "running_ids"]
 

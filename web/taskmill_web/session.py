@@ -30,12 +30,12 @@ from flask import request
 from flask import session
 from flask.sessions import SecureCookieSessionInterface
 
-from taskmill.api.auth import principal_for_credential
-from taskmill.api.auth import use_principal
-from taskmill.errors import AuthError
-from taskmill.errors import Forbidden
-from taskmill.errors import StorageUnavailable
-from taskmill.models import Principal
+from taskmill.plugin_api import AuthError
+from taskmill.plugin_api import Forbidden
+from taskmill.plugin_api import Principal
+from taskmill.plugin_api import StorageUnavailable
+from taskmill.plugin_api import principal_for_credential
+from taskmill.plugin_api import use_principal
 
 __all__ = [
     "SESSION_MAX_AGE",

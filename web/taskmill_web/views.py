@@ -1,5 +1,5 @@
 """The dashboard's pages (GET): they read through the lifecycle, the storage's reads and
-:mod:`taskmill_web.reads`, always within ``scope_tenant()``."""
+:mod:`taskmill.insights` (``storage.insights``), always within ``scope_tenant()``."""
 
 from __future__ import annotations
 
@@ -12,19 +12,19 @@ from flask import redirect
 from flask import request
 from flask import url_for
 
-from taskmill.api.auth import requires
-from taskmill.api.auth import scope_tenant
-from taskmill.app import get_runtime
-from taskmill.errors import TaskNotFound
-from taskmill.handlers import payload_json_schema
-from taskmill.models import Role
-from taskmill.models import TaskStatus
+from taskmill.plugin_api import Role
+from taskmill.plugin_api import TaskFilter
+from taskmill.plugin_api import TaskNotFound
+from taskmill.plugin_api import TaskStatus
+from taskmill.plugin_api import get_runtime
+from taskmill.plugin_api import payload_json_schema
+from taskmill.plugin_api import requires
+from taskmill.plugin_api import scope_tenant
 from taskmill_web import extras
 from taskmill_web.blueprint import bp
 from taskmill_web.blueprint import render
 from taskmill_web.blueprint import state
 from taskmill_web.forms import fields_of
-from taskmill_web.reads import TaskFilter
 
 __all__ = ["PAGE_SIZE"]
 

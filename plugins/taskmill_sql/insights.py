@@ -1,24 +1,14 @@
-"""The dashboard's reads: bounded, indexed queries for pages that stay fast at a million tasks.
+"""The SQL plugin's insights store (``storage.insights``): the dashboard's bounded reads.
 
-Every read here is either bounded by an index range and a LIMIT, or bounded by what is *unfinished*
-(pending, running and dead-lettered tasks), never by the whole ``tasks`` table:
-
-- lists are keyset pages on ``(created_at, seq)`` (``ix_tasks_created`` /
-  ``ix_tasks_tenant_created``), with no total count;
-- a payload search looks at the newest :data:`SEARCH_WINDOW` tasks that match the other filters;
-- the overview counts unfinished states (each has a partial index) and buckets per minute only the
-  tasks created or finished since a given time (``ix_tasks_created``, ``ix_tasks_finished``);
-  :mod:`taskmill_web.overview` caches and refreshes them incrementally.
-
-These are SQL reads over the SQL storage's tables (read-only, through its public ``auto`` engine).
-They belong next to the stores (``storage.tasks`` / ``storage.queues``) once those land; the module
-is written so that it can move there unchanged.
+See :mod:`taskmill.insights` for the contract and why each read stays cheap at a million tasks:
+keyset pages on ``(created_at, seq)`` (``ix_tasks_created`` / ``ix_tasks_tenant_created``), payload
+search within a window, unfinished states counted through their partial indexes, per-minute
+buckets from ``ix_tasks_created`` / ``ix_tasks_finished``, dead letters from
+``ix_tasks_dead_letters``.
 """
 
 from __future__ import annotations
 
-import base64
-import dataclasses
 import datetime as dt
 import json
 import uuid
@@ -39,94 +29,24 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import OperationalError
 
-from taskmill.errors import StorageUnavailable
-from taskmill.models import Task
-from taskmill.models import TaskStatus
-from taskmill_sql.storage import row_to_task
+from taskmill.plugin_api import LIVE_STATES
+from taskmill.plugin_api import SEARCH_WINDOW
+from taskmill.plugin_api import Page
+from taskmill.plugin_api import StorageUnavailable
+from taskmill.plugin_api import Task
+from taskmill.plugin_api import TaskFilter
+from taskmill.plugin_api import TaskStatus
+from taskmill.plugin_api import decode_cursor
+from taskmill.plugin_api import encode_cursor
+from taskmill.plugin_api import parse_payload_query
 from taskmill_sql.tables import queues as queues_table
 from taskmill_sql.tables import task_dependencies
 from taskmill_sql.tables import tasks
+from taskmill_sql.task_reads import row_to_task
 
-__all__ = [
-    "Reads",
-    "TaskFilter",
-    "Page",
-    "SEARCH_WINDOW",
-    "LIVE_STATES",
-    "encode_cursor",
-    "decode_cursor",
-    "parse_payload_query",
-]
-
-SEARCH_WINDOW = 100_000
-"""Tasks a payload search examines at most (the newest that match the other filters)."""
-
-LIVE_STATES = ("scheduled", "waiting", "queued", "running", "failed")
-"""States counted exactly on the overview: unfinished ones, and the dead letters."""
+__all__ = ["SqlInsights"]
 
 WEBHOOK_TYPE = "taskmill.webhook"
-
-
-@dataclasses.dataclass(frozen=True)
-class TaskFilter:
-    """The filters of the task list (all optional; ``tenant`` None means every tenant)."""
-
-    tenant: str | None = None
-    status: str | None = None
-    type: str | None = None
-    queue: str | None = None
-    tag: str | None = None
-    workflow: str | None = None
-    created_after: dt.datetime | None = None
-    created_before: dt.datetime | None = None
-    payload: str | None = None  # "key=value", "a.b=value", or free text
-
-
-@dataclasses.dataclass
-class Page:
-    """One keyset page: the tasks, the cursor of the next page (None: last page), and whether the
-    search window was used up (a payload search that may have more matches further back)."""
-
-    items: list[Task]
-    next_cursor: str | None
-    window_exhausted: bool = False
-
-
-def encode_cursor(created_at: dt.datetime, seq: int) -> str:
-    raw = json.dumps([created_at.isoformat(), seq], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(value: str | None) -> tuple[dt.datetime, int] | None:
-    """The position a cursor names, or None for a missing or malformed one (first page)."""
-    if not value:
-        return None
-    try:
-        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
-        at, seq = json.loads(raw)
-        when = dt.datetime.fromisoformat(at)
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=dt.UTC)
-        return when, int(seq)
-    except (ValueError, TypeError):
-        return None
-
-
-def parse_payload_query(text: str) -> tuple[list[str], Any] | str:
-    """``"a.b=value"`` → (``["a", "b"]``, value parsed as JSON when it is JSON, else the string);
-    anything without ``=`` → the free text itself."""
-    key, sep, raw = text.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        return text.strip()
-    raw = raw.strip()
-    try:
-        value: Any = json.loads(raw)
-        if isinstance(value, dict | list):
-            value = raw
-    except ValueError:
-        value = raw
-    return [part for part in key.split(".") if part], value
 
 
 def _minute(column: Any, sqlite: bool) -> Any:
@@ -136,8 +56,8 @@ def _minute(column: Any, sqlite: bool) -> Any:
     return cast(func.floor(func.extract("epoch", column) / 60), Integer)
 
 
-class Reads:
-    """The dashboard's queries on one SQL storage."""
+class SqlInsights:
+    """The insights store of one SQL storage (read-only, through its ``auto`` engine)."""
 
     def __init__(self, storage: Any) -> None:
         self.storage = storage
