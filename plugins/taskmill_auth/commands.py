@@ -118,12 +118,29 @@ def revoke(key_id: str) -> None:
     click.echo(f"{key_id} revoked")
 
 
-@click.command("audit")
-@click.option("--tenant", default=None, help="Only this tenant's entries.")
-@click.option("--limit", type=click.IntRange(1, 10000), default=50, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def audit_cmd(tenant: str | None, limit: int, as_json: bool) -> None:
-    """Print the audit log, newest first."""
+def _audit_options(fn: Any) -> Any:
+    fn = click.option("--json", "as_json", is_flag=True, help="Print JSON.")(fn)
+    fn = click.option("--limit", type=click.IntRange(1, 10000), default=50, show_default=True)(fn)
+    return click.option("--tenant", default=None, help="Only this tenant's entries.")(fn)
+
+
+@click.group("audit", invoke_without_command=True)
+@_audit_options
+@click.pass_context
+def audit_cmd(ctx: click.Context, tenant: str | None, limit: int, as_json: bool) -> None:
+    """The audit log (`taskmill audit` alone lists it, like `taskmill audit list`)."""
+    if ctx.invoked_subcommand is None:
+        _print_audit(tenant, limit, as_json)
+
+
+@audit_cmd.command("list")
+@_audit_options
+def audit_list(tenant: str | None, limit: int, as_json: bool) -> None:
+    """Print the audit log, newest first.  Example: taskmill audit list --tenant acme --json"""
+    _print_audit(tenant, limit, as_json)
+
+
+def _print_audit(tenant: str | None, limit: int, as_json: bool) -> None:
     rt = _runtime()
     try:
         items, total = auth_store(rt).audit.list(offset=0, limit=limit, tenant=tenant)

@@ -532,3 +532,4 @@ def test_cli_creates_lists_and_revokes_keys(cli, tmp_path):
     actions = [e["action"] for e in json.loads(audit.output)]
     assert actions == ["api_key.revoke", "api_key.create", "api_key.create"]
     assert cli("audit", "--limit", "1").exit_code == 0
+    assert json.loads(cli("audit", "list", "--tenant", "acme", "--json").output) == json.loads(audit.output)
