@@ -6,6 +6,7 @@ PACKAGES = {
     "taskmill": "core/taskmill",
     "taskmill.api": "core/taskmill/api",
     "taskmill.client": "core/taskmill/client",
+    "taskmill.worker": "core/taskmill/worker",
     "taskmill_sql": "plugins/taskmill_sql",
     "taskmill_sql.migrations": "plugins/taskmill_sql/migrations",
     "taskmill_sql.migrations.versions": "plugins/taskmill_sql/migrations/versions",
