@@ -111,7 +111,7 @@ class Publisher:
         self._cond = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
         self._ioloop: IOLoop | None = None
-        self._state = "new"  # new → connecting → ready | down → … ; closed
+        self._phase = "new"  # our own connection phase: new → connecting → ready | down → … ; closed
         self._attempt_started = 0.0
         self._error = ""
         self._closing = False
@@ -166,38 +166,38 @@ class Publisher:
 
     @property
     def state(self) -> str:
-        return self._state
+        return self._phase
 
     def _wait_ready(self, deadline: float) -> None:
         if self._pid != os.getpid():
             self._reset()  # a forked child: never touch the parent's connection
         with self._cond:
-            if self._state == "closed":
+            if self._phase == "closed":
                 raise BrokerUnavailable("the rabbitmq publisher is closed")
             if self._thread is None:
                 self._start_locked()
-            if self._state == "down" and time.monotonic() - self._attempt_started > self._backoff:
+            if self._phase == "down" and time.monotonic() - self._attempt_started > self._backoff:
                 self._kick_locked()  # back-off elapsed: try now rather than on the timer
-            while self._state in ("new", "connecting"):
+            while self._phase in ("new", "connecting"):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 self._cond.wait(left)
-            if self._state != "ready":
+            if self._phase != "ready":
                 raise BrokerUnavailable(
-                    f"rabbitmq unavailable at {self._redacted}: {self._error or self._state}"
+                    f"rabbitmq unavailable at {self._redacted}: {self._error or self._phase}"
                 )
 
     def _start_locked(self) -> None:
         self._ioloop = IOLoop()
-        self._state = "connecting"
+        self._phase = "connecting"
         self._attempt_started = time.monotonic()
         self._ioloop.add_callback_threadsafe(self._connect)
         self._thread = threading.Thread(target=self._run, name="taskmill-amqp-publisher", daemon=True)
         self._thread.start()
 
     def _kick_locked(self) -> None:
-        self._state = "connecting"
+        self._phase = "connecting"
         self._attempt_started = time.monotonic()
         assert self._ioloop is not None
         self._ioloop.add_callback_threadsafe(self._connect)
@@ -208,7 +208,7 @@ class Publisher:
             self._reset()
         with self._cond:
             thread, loop = self._thread, self._ioloop
-            self._state = "closed"
+            self._phase = "closed"
             self._closing = True
             self._cond.notify_all()
         if thread is None or loop is None:
@@ -229,8 +229,8 @@ class Publisher:
 
     def _set_state(self, state: str, error: str = "") -> None:
         with self._cond:
-            if self._state != "closed":
-                self._state = state
+            if self._phase != "closed":
+                self._phase = state
             if error:
                 self._error = error
             self._cond.notify_all()
@@ -243,8 +243,8 @@ class Publisher:
         if self._closing or self._conn is not None:
             return
         with self._cond:
-            if self._state != "closed":
-                self._state = "connecting"
+            if self._phase != "closed":
+                self._phase = "connecting"
             self._attempt_started = time.monotonic()
         params = self._params_factory(f"taskmill publisher {os.getpid()}")
         self._conn = SelectConnection(
@@ -346,7 +346,7 @@ class Publisher:
         if batch.done.is_set():
             return  # its caller gave up
         ch = self._channel
-        if ch is None or not ch.is_open or self._state != "ready":
+        if ch is None or not ch.is_open or self._phase != "ready":
             batch.finish(BrokerUnavailable(f"rabbitmq unavailable at {self._redacted}: {self._error}"))
             return
         self._batches[id(batch)] = batch

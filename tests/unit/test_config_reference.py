@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pathlib
 
-from taskmill.cli_admin import reference_markdown
+from taskmill.cli_config import reference_markdown
 from taskmill.config import describe_settings
 from taskmill.config import load_settings
 from taskmill.plugins import PluginHost
