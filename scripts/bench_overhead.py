@@ -188,7 +188,7 @@ def role(args: list[str], env: dict[str, str], log_path: Path) -> Iterator[subpr
 
 def tree_cpu(pid: int) -> float:
     """CPU seconds so far of a process and all its descendants (reaped ones included)."""
-    from taskmill.metrics import process_tree_usage
+    from taskmill.procfs import process_tree_usage
 
     usage = process_tree_usage(pid)
     return usage[0] if usage else float("nan")
