@@ -95,7 +95,7 @@ def test_task_commands(tmp_path: Path) -> None:
     assert cli("retry", task_id, env=env, cwd=tmp_path).stdout.strip() == f"{task_id} queued"
     assert cli("cancel", task_id, env=env, cwd=tmp_path).stdout.strip() == f"{task_id} cancelled"
     again = cli("cancel", task_id, env=env, cwd=tmp_path)
-    assert again.returncode == 1 and "cannot be cancelled" in again.stderr
+    assert again.returncode == 5 and "cannot be cancelled" in again.stderr
     bad = cli("show", "not-a-uuid", env=env, cwd=tmp_path)
     assert bad.returncode == 2 and "not a task id" in bad.stderr
     badcfg = cli("list", env={**env, "TASKMILL_WORKER_LEASE": "soon"}, cwd=tmp_path)
