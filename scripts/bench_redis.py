@@ -31,6 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+from bench_peers import celery_drain  # noqa: E402
+
 from tests.services import postgres_url  # noqa: E402
 from tests.services import redis_server  # noqa: E402
 from tests.services import scratch_database  # noqa: E402
@@ -212,37 +214,23 @@ class PlainRQ:
 
 
 class PlainCelery:
-    """Celery, ``-c 2 --pool prefork``, Redis broker, no result backend."""
+    """Celery, ``-c 2 --pool prefork``, Redis broker, no result backend, from the peers' virtualenv
+    (``scripts/bench_peers.py``): drain only; its latency is not measured here."""
 
     def __init__(self, redis_url: str, concurrency: int) -> None:
-        os.environ["BENCH_REDIS_URL"] = redis_url
-        import bench_tasks
-
-        self.mod = bench_tasks
-        bench_tasks.app.conf.broker_url = redis_url
         self.url = redis_url
         self.concurrency = concurrency
-        self.conn = redis.Redis.from_url(redis_url, socket_timeout=10)
-        self.env = {**os.environ, "BENCH_REDIS_URL": redis_url, "PYTHONPATH": str(ROOT / "scripts")}
 
-    def enqueue(self, n: int) -> list[Any]:
-        for _ in range(n):
-            self.mod.celery_noop.delay()
-        return []
+    def run(self, n: int) -> float | None:
+        return celery_drain(self.url, n, self.concurrency)
 
-    def start_workers(self) -> list[subprocess.Popen[bytes]]:
-        cmd = [sys.executable, "-m", "celery", "-A", "bench_tasks", "worker", "-c", str(self.concurrency)]
-        cmd += ["--pool", "prefork", "--loglevel", "WARNING", "--without-gossip", "--without-mingle"]
-        return [spawn(cmd, self.env)]
 
-    def wait_ready(self) -> None:
-        time.sleep(4.0)
-
-    def drain_window(self, tasks: list[Any], total: int) -> float:
-        return list_drain_window(self.conn, "celery", total)
-
-    def latency(self, n: int) -> list[float]:
-        return stamp_latencies(self.conn, n, self.mod.celery_stamp.delay)
+def run_celery(label: str, system: PlainCelery, n: int) -> None:
+    rate = system.run(n)
+    if rate is None:
+        print(f"{label:<36} (not installed in the peers' virtualenv: see scripts/bench_peers.py)")
+        return
+    print(f"{label:<36} {'':>10} {rate:>9.0f} {'-':>8} {'-':>8} {'-':>10}", flush=True)
 
 
 def run_one(label: str, system: Any, n: int, n_lat: int, conn: redis.Redis) -> dict[str, Any]:
@@ -308,6 +296,9 @@ def main() -> None:
             if only and not any(s in label for s in only):
                 continue
             system = make()
+            if isinstance(system, PlainCelery):
+                run_celery(label, system, n)
+                continue
             try:
                 run_one(label, system, n, args.latency, conn)
             finally:

@@ -37,6 +37,7 @@ __all__ = [
     "connect",
     "make_queue",
     "make_job",
+    "job_for",
     "fetch_job",
 ]
 
@@ -124,6 +125,23 @@ def make_job(task: Task, connection: Redis) -> Job:
     )
     job.enqueued_at = now()
     return job
+
+
+def job_for(job_id: str, queue: Queue, connection: Redis) -> Job:
+    """The in-memory RQ job of a taken task id (nothing is read from Redis): ``execute(task_id)``.
+
+    The worker runs it with the timeout of the task's row (started in the database)."""
+    return Job.create(
+        EXECUTE,
+        args=[job_id],
+        connection=connection,
+        id=job_id,
+        result_ttl=0,
+        failure_ttl=FAILURE_TTL,
+        origin=queue.name,
+        serializer=SERIALIZER,
+        status=JobStatus.QUEUED,
+    )
 
 
 def fetch_job(job_id: str, connection: Redis) -> Job:

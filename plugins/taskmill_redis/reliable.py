@@ -24,6 +24,7 @@ blocked worker also tries a take every :data:`SAFETY_POLL` seconds.
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Iterable
 from collections.abc import Sequence
@@ -31,10 +32,10 @@ from typing import Any
 
 from redis import Redis
 from rq.exceptions import DequeueTimeout
-from rq.exceptions import NoSuchJobError
+from rq.job import Job
 from rq.queue import Queue
 
-from taskmill_redis.factory import SERIALIZER
+from taskmill_redis.factory import job_for
 from taskmill_redis.factory import split_rq_queue_name
 
 __all__ = [
@@ -61,16 +62,25 @@ SAFETY_POLL = 1.0
 """Seconds a blocked worker waits for a bell before it tries a take anyway."""
 
 _TAKE = """
+local want = tonumber(ARGV[2])
 local n = (#KEYS - 1) / 2
+local out = {}
+local entries = {}
 for i = 2, n + 1 do
-  local id = redis.call('LPOP', KEYS[i])
-  if id then
-    redis.call('RPUSH', KEYS[1], KEYS[i] .. '|' .. id)
-    if ARGV[1] == '1' then redis.call('LPOP', KEYS[n + i]) end
-    return {KEYS[i], id}
+  local ids = redis.call('LPOP', KEYS[i], want - #entries)
+  if ids then
+    for _, id in ipairs(ids) do
+      entries[#entries + 1] = KEYS[i] .. '|' .. id
+      out[#out + 1] = KEYS[i]
+      out[#out + 1] = id
+    end
+    local rings = #ids - tonumber(ARGV[1])
+    if rings > 0 then redis.call('LPOP', KEYS[n + i], rings) end
+    if #entries >= want then break end
   end
 end
-return false
+if #entries > 0 then redis.call('RPUSH', KEYS[1], unpack(entries)) end
+return out
 """
 
 _GIVE_BACK = """
@@ -134,26 +144,33 @@ def parse_entry(entry: str) -> tuple[str, str]:
 
 
 def take(
-    conn: Redis, inflight: str, list_keys: Sequence[str], silence: bool = True
-) -> tuple[str, str] | None:
-    """Move the first job id of the first non-empty list into ``inflight``, atomically.
+    conn: Redis, inflight: str, list_keys: Sequence[str], silence: bool = True, count: int = 1
+) -> list[tuple[str, str]]:
+    """Move up to ``count`` job ids, first lists first, into ``inflight``, atomically.
+
+    ``silence``: silence one bell ring per id taken (False: the caller's ``BLPOP`` already took
+    one ring).
 
     Returns:
-        ``(list key, job id)``, or None when every list is empty.
+        ``(list key, job id)`` of each id taken, in order; empty when every list is empty.
     """
     bells = [_bell_of_list(k) for k in list_keys]
-    got = _run(conn, _TAKE, [inflight, *list_keys, *bells], ["1" if silence else "0"])
-    if not got:
-        return None
-    key, job_id = (x.decode() if isinstance(x, bytes) else x for x in got)
-    return key, job_id
+    got = _run(
+        conn, _TAKE, [inflight, *list_keys, *bells], ["0" if silence else "1", str(max(1, int(count)))]
+    )
+    flat = [x.decode() if isinstance(x, bytes) else x for x in got or ()]
+    return list(zip(flat[0::2], flat[1::2], strict=True))
 
 
-def settle(conn: Redis, inflight: str, entry: str, job_key: str, pipeline: Any = None) -> None:
-    """Forget a taken job: its start is committed (or it must not start). One round trip."""
+def settle(conn: Redis, inflight: str, entries: Sequence[str], pipeline: Any = None) -> None:
+    """Forget taken jobs (their start is committed, or they must not start) and their RQ hashes,
+    in one round trip."""
     pipe = pipeline if pipeline is not None else conn.pipeline(transaction=False)
-    pipe.lrem(inflight, 1, entry)
-    pipe.delete(job_key)
+    for entry in entries:
+        pipe.lrem(inflight, 1, entry)
+    keys = [Job.key_for(parse_entry(e)[1]) for e in entries]
+    if keys:
+        pipe.delete(*keys)
     if pipeline is None:
         pipe.execute()
 
@@ -171,16 +188,28 @@ def reclaim(conn: Redis, inflight: str) -> int:
     return int(_run(conn, _RECLAIM, [inflight]))
 
 
-def reliable_queue_class(worker_name: str) -> type[Queue]:
+def reliable_queue_class(worker_name: str) -> type[ReliableQueue]:
     """An RQ ``queue_class`` whose ``dequeue_any`` takes through this worker's in-flight list."""
-    return type("TaskmillQueue", (ReliableQueue,), {"inflight": inflight_key(worker_name)})
+    attrs = {"inflight": inflight_key(worker_name), "taken": collections.deque(), "take_limit": 1}
+    return type("TaskmillQueue", (ReliableQueue,), attrs)
 
 
 class ReliableQueue(Queue):
-    """RQ's Queue with a reliable ``dequeue_any`` (set as the worker's ``queue_class``)."""
+    """RQ's Queue with a reliable ``dequeue_any`` (set as the worker's ``queue_class``).
+
+    One take moves up to :attr:`take_limit` ids (the worker sets it: one, or more while tasks
+    are short); ``dequeue_any`` hands them to RQ's loop one at a time, and the worker starts all
+    those taken together in one statement (see :mod:`taskmill_redis.worker`). The jobs are built
+    in memory from the id: every job calls ``execute(task_id)``, and the task's row in the
+    database holds the rest, so no job hash is read.
+    """
 
     inflight = ""
-    #: the in-flight entry of the job this process took last (read by the worker to settle it)
+    #: ids a take may move at once (set by the worker)
+    take_limit = 1
+    #: ``(entry, job, queue)`` taken and not yet handed to RQ's loop, in order
+    taken: collections.deque[tuple[str, Any, Queue]] = collections.deque()
+    #: the in-flight entry of the job handed out last (read by the worker to settle it)
     last_entry: str | None = None
 
     @classmethod
@@ -193,7 +222,7 @@ class ReliableQueue(Queue):
         serializer: Any = None,
         death_penalty_class: Any = None,
     ) -> tuple[Any, Queue] | None:
-        """Take the next job of ``queues`` (in order) into the in-flight list.
+        """The next job of ``queues`` (in order), taken into the in-flight list.
 
         ``timeout`` None: do not block (burst). Otherwise block up to ``timeout`` seconds on the
         queues' bells, trying a take after each ring and every :data:`SAFETY_POLL` seconds.
@@ -201,23 +230,24 @@ class ReliableQueue(Queue):
         Raises:
             DequeueTimeout: nothing arrived within ``timeout``.
         """
+        if cls.taken:
+            entry, job, queue = cls.taken.popleft()
+            cls.last_entry = entry
+            return job, queue
         queues = list(queues)
-        keys = [q.key for q in queues]
+        by_key = {q.key: q for q in queues}
+        keys = list(by_key)
         bells = sorted({_bell_of_list(k) for k in keys})
         deadline = None if timeout is None else time.monotonic() + timeout
         silence = True
         while True:
-            got = take(connection, cls.inflight, keys, silence)
-            if got is not None:
-                key, job_id = got
-                queue = next(q for q in queues if q.key == key)
-                cls.last_entry = entry_of(key, job_id)
-                try:
-                    job = queue.job_class.fetch(job_id, connection=connection, serializer=SERIALIZER)
-                except NoSuchJobError:
-                    # the hash is gone (Redis lost it): the database still has the task queued
-                    settle(connection, cls.inflight, cls.last_entry, queue.job_class.key_for(job_id))
-                    continue
+            got = take(connection, cls.inflight, keys, silence, cls.take_limit)
+            if got:
+                for key, job_id in got:
+                    queue = by_key[key]
+                    cls.taken.append((entry_of(key, job_id), job_for(job_id, queue, connection), queue))
+                entry, job, queue = cls.taken.popleft()
+                cls.last_entry = entry
                 return job, queue
             if deadline is None:
                 return None

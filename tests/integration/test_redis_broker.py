@@ -150,7 +150,8 @@ def test_priority_order_is_exact_and_fifo_within_a_priority(env: Env) -> None:
     queue = q()
     prios = [1, 5, 9, 5, 1, 9, 0, 7]
     tasks = [env.submit("echo", {"i": i}, queue=queue, priority=p) for i, p in enumerate(prios)]
-    proc = env.spawn("worker", "--queues", queue, "--concurrency", "1", "--burst")
+    # one id per take, so each start has its own time (a take of several starts them together)
+    proc = env.spawn("worker", "--queues", queue, "--concurrency", "1", "--burst", "--prefetch", "0")
     assert proc.wait(timeout=30) == 0, env.logs()
     done = [env.get(t) for t in tasks]
     assert all(t.status.value == "completed" for t in done), env.logs()
@@ -204,7 +205,7 @@ def test_pause_holds_from_the_moment_the_pause_call_returns(env: Env) -> None:
     pause, and drops it: no task of a paused queue starts. Resume publishes the dropped tasks
     again, and they run in priority order (FIFO within one)."""
     queue = q()
-    env.worker(queue, "--concurrency", "1")
+    env.worker(queue, "--concurrency", "1", "--prefetch", "0")  # a start time per task
     warm = env.submit("echo", {}, queue=queue)
     env.wait_status(warm, FINAL, 15)  # the worker is idle, blocked on the queue
     env.rt.storage.queues.set_paused(queue, True)
@@ -236,7 +237,7 @@ def test_a_task_taken_but_not_started_runs_once_the_taker_is_gone(env: Env) -> N
     conn = env.rt.broker.connection
     keys = [f"rq:queue:{name}" for name in listen_order([queue])]
     got = take(conn, inflight_key("ghost-worker"), keys)
-    assert got is not None and got[1] == str(task.id)
+    assert [job_id for _, job_id in got] == [str(task.id)]
     assert env.rt.broker.backlog().get(queue, 0) == 0
     env.worker(queue)
     time.sleep(1.0)
