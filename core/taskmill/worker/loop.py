@@ -254,14 +254,20 @@ class WorkerLoop:
         return min(deadlines)
 
     def _wait_timeout(self, next_poll: float, wake: bool) -> float:
+        """How long to wait for the pool or the broker: not at all when the next pass receives
+        (a wake-up, or its poll is due); otherwise until the next duty or event. Below the low
+        water mark the next poll time does not count, so a loop that holds enough tasks sleeps
+        until a slot frees up instead of spinning."""
         now = time.monotonic()
-        if wake and not self.stopping:
-            capacity = self.capacity
-            if capacity - len(self.held) - len(self.running) >= max(1, capacity // 2):
-                return 0.0
         deadline = min(self._next_deadline(), now + 0.5)
         if not self.stopping:
-            deadline = min(deadline, next_poll)
+            capacity = self.capacity
+            free = capacity - len(self.held) - len(self.running)
+            idle = not self.running and not self.held
+            if free > 0 and (free >= max(1, capacity // 2) or idle):  # the next pass receives
+                if wake:
+                    return 0.0
+                deadline = min(deadline, next_poll)
         return max(0.0, deadline - now)
 
     # -- steps ----------------------------------------------------------------------------------
