@@ -32,7 +32,6 @@ from taskmill.plugin_api import WorkerOptions
 from taskmill.plugin_api import utcnow
 from taskmill_redis.factory import PRIORITIES
 from taskmill_redis.factory import connect
-from taskmill_redis.factory import make_job
 from taskmill_redis.factory import rq_queue_name
 from taskmill_redis.factory import split_rq_queue_name
 from taskmill_redis.reliable import BELL_MAX
@@ -69,29 +68,30 @@ class RedisBroker(Broker):
 
     # -- publishing ------------------------------------------------------------------------------
     def publish(self, tasks: Sequence[Task]) -> None:
-        """Write the tasks' RQ jobs and push their ids, in one round trip.
+        """Push the tasks' ids onto their lists and ring their queues' bells, in one round trip.
+
+        Only ids travel: the worker builds each RQ job in memory from the id (every job calls
+        ``execute(task_id)``) and the database row holds the rest, so no job hash is written.
 
         Raises:
             BrokerUnavailable: Redis cannot be reached; the tasks stay queued in the database.
         """
         if not tasks:
             return
-        conn = self.connection
+        lists: dict[str, list[str]] = {}
+        rings: dict[str, int] = {}
+        for task in tasks:
+            key = _QUEUE_PREFIX + rq_queue_name(task.queue, task.priority)
+            lists.setdefault(key, []).append(str(task.id))
+            rings[task.queue] = rings.get(task.queue, 0) + 1
         try:
-            with conn.pipeline(transaction=False) as pipe:
-                keys: set[str] = set()
-                rings: dict[str, int] = {}
-                for task in tasks:
-                    job = make_job(task, conn)
-                    job.save(pipeline=pipe)
-                    key = _QUEUE_PREFIX + rq_queue_name(task.queue, task.priority)
-                    pipe.rpush(key, job.id)
-                    keys.add(key)
-                    rings[task.queue] = rings.get(task.queue, 0) + 1
+            with self.connection.pipeline(transaction=False) as pipe:
+                for key, ids in lists.items():
+                    pipe.rpush(key, *ids)
                 for queue, n in rings.items():
                     pipe.rpush(bell_key(queue), *(["1"] * min(n, BELL_MAX)))
                     pipe.ltrim(bell_key(queue), -BELL_MAX, -1)
-                pipe.sadd(_ALL_QUEUES, *sorted(keys))
+                pipe.sadd(_ALL_QUEUES, *sorted(lists))
                 pipe.execute()
         except RedisError as exc:
             raise BrokerUnavailable(f"redis unavailable: {exc}") from None

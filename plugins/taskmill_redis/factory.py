@@ -2,8 +2,9 @@
 
 Every queue, job and worker of this plugin is built here, so the serializer can never differ
 between the publisher and the worker (``Job.fetch`` without ``serializer=`` would fall back to
-RQ's default, unsafe serializer). A task becomes one RQ job whose id is the task id and whose
-only argument is that id; the job calls :func:`taskmill_redis.jobs.execute` by dotted path.
+RQ's default, unsafe serializer). Only a task's id travels through Redis; the worker builds the
+task's RQ job in memory (:func:`job_for`): id = task id, its only argument that id, calling
+:func:`taskmill_redis.jobs.execute` by dotted path.
 
 Priorities: each taskmill queue maps to ten RQ queues, ``<queue>:p9`` … ``<queue>:p0``. A
 worker listens to them highest priority first (one ``BLPOP`` over all keys, which Redis serves
@@ -22,9 +23,6 @@ from rq.job import Job
 from rq.job import JobStatus
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
-from rq.utils import now
-
-from taskmill.plugin_api import Task
 
 __all__ = [
     "EXECUTE",
@@ -36,7 +34,6 @@ __all__ = [
     "listen_order",
     "connect",
     "make_queue",
-    "make_job",
     "job_for",
     "fetch_job",
 ]
@@ -102,29 +99,6 @@ def connect(url: str, *, socket_timeout: float | None = COMMAND_TIMEOUT) -> Redi
 def make_queue(name: str, connection: Redis, **kwargs: Any) -> Queue:
     """An RQ queue with the JSON serializer."""
     return Queue(name, connection=connection, serializer=SERIALIZER, **kwargs)
-
-
-def make_job(task: Task, connection: Redis) -> Job:
-    """The RQ job of a task: id = task id, ``execute(task_id)``, RQ timeout = task timeout.
-
-    ``result_ttl=0``: RQ keeps no result (PostgreSQL has it); ``failure_ttl`` is short.
-    """
-    tid = str(task.id)
-    job = Job.create(
-        EXECUTE,
-        args=[tid],
-        connection=connection,
-        id=tid,
-        timeout=int(task.timeout),
-        result_ttl=0,
-        failure_ttl=FAILURE_TTL,
-        origin=rq_queue_name(task.queue, task.priority),
-        description=f"taskmill {task.type} {tid}",
-        serializer=SERIALIZER,
-        status=JobStatus.QUEUED,
-    )
-    job.enqueued_at = now()
-    return job
 
 
 def job_for(job_id: str, queue: Queue, connection: Redis) -> Job:

@@ -163,8 +163,9 @@ def take(
 
 
 def settle(conn: Redis, inflight: str, entries: Sequence[str], pipeline: Any = None) -> None:
-    """Forget taken jobs (their start is committed, or they must not start) and their RQ hashes,
-    in one round trip."""
+    """Forget taken jobs (their start is committed, or they must not start), in one round trip.
+
+    Also deletes their RQ job hashes, which only an earlier taskmill version wrote."""
     pipe = pipeline if pipeline is not None else conn.pipeline(transaction=False)
     for entry in entries:
         pipe.lrem(inflight, 1, entry)
