@@ -360,8 +360,12 @@ def run_memory(args: argparse.Namespace, workdir: Path) -> None:
 
 
 def run_drain(args: argparse.Namespace, workdir: Path) -> None:
-    """The drain table: taskmill per pool and PgQueuer, in one run, ``--repeat`` rounds."""
+    """The drain table: taskmill per pool, PgQueuer and Celery, in one run, ``--repeat`` rounds."""
+    from bench_peers import celery_drain
     from bench_peers import pgqueuer_drain
+
+    sys.path.insert(0, str(ROOT))
+    from tests.services import redis_server
 
     rows: dict[str, list[float]] = {}
     extra: dict[str, list[float]] = {}
@@ -383,6 +387,15 @@ def run_drain(args: argparse.Namespace, workdir: Path) -> None:
                 got = None
             if got is not None:
                 rows.setdefault("PgQueuer pgq run, 2 processes, defaults", []).append(got)
+        with redis_server() as server:  # a private redis-server for Celery's broker
+            try:
+                got = celery_drain(server.url, args.tasks, concurrency=2)
+                print(f"Celery: {got}", file=sys.stderr, flush=True)
+            except Exception as exc:  # noqa: BLE001 - a peer failing does not stop the table
+                print(f"Celery failed: {exc}", file=sys.stderr)
+                got = None
+            if got is not None:
+                rows.setdefault("Celery 5 prefork -c 2 on Redis, no result backend", []).append(got)
     print(f"\nmachine: {machine()}; N = {args.tasks:,} no-op tasks; PostgreSQL; {args.repeat} round(s)\n")
     ref = rows.get("PgQueuer pgq run, 2 processes, defaults")
     print("| system, configuration | steady drain, tasks/s (each round) | × PgQueuer | DB commits/task |")

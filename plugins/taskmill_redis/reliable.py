@@ -4,11 +4,11 @@ RQ pops a job id with ``BLPOP`` (several priority lists) or, when it listens to 
 list, ``BLMOVE``s it into a per-queue *intermediate* list that its maintenance later moves to the
 *failed* registry, not back to the queue (rq 2.12, ``intermediate_queue.py``). Neither survives a
 worker killed between the pop and the start of the task. Here each take is one Lua script that,
-atomically, pops the id from the first non-empty list (highest priority first) and appends
-``"<list key>|<job id>"`` to the worker's own in-flight list ``taskmill:inflight:<worker>``.
-The entry leaves the in-flight list only when the worker has committed the task's start in the
-database (or learnt that it must not start: a duplicate, a cancelled task, a paused queue), in
-the same pipeline that deletes the job's hash (:func:`settle`). So, at every instant, a task
+atomically, pops up to *k* ids from the first non-empty lists (highest priority first) and
+appends ``"<list key>|<job id>"`` for each to the worker's own in-flight list
+``taskmill:inflight:<worker>``. The entries leave the in-flight list only when the worker has
+committed the tasks' start in the database (or learnt that they must not start: a duplicate, a
+cancelled task, a paused queue), in one pipeline (:func:`settle`). So, at every instant, a task
 that is queued in the database is in a queue list, in some worker's in-flight list, or nowhere
 in Redis (dropped on purpose, Redis lost it) — and the manager's re-publish
 (:meth:`RedisBroker.republish_lost`) handles the last two: it moves the in-flight entries of

@@ -12,11 +12,12 @@ subclasses do, throttled ``heartbeat``/``set_state``/``check_for_suspension``, t
 ``handle_warm_shutdown_request`` hook, and for the forking worker ``setup_work_horse_signals``,
 ``wait_for_horse``, ``maintain_heartbeats``). No RQ private attribute is read or written.
 
-Each job: the take moves the id into the worker's in-flight list; ``lifecycle.start`` commits the
-start (skipping a duplicate, a cancelled task or a paused queue) and, in one pipeline, the entry
-leaves the in-flight list and the job hash is deleted; :func:`taskmill_redis.jobs.execute` runs
-the handler; the outcome goes to core's :class:`OutcomeBuffer`. Core's units (presence, cancel
-watch, progress coalescer, outcome buffer) run in :class:`~taskmill_redis.duties.Duties`.
+Each take moves up to ``1 + prefetch`` ids into the worker's in-flight list (the prefetch adapts
+to how long tasks take, as core's loop does); the first job of the take starts them all with one
+``lifecycle.start`` (skipping duplicates, cancelled tasks and paused queues) and, in one pipeline,
+their entries leave the in-flight list; :func:`taskmill_redis.jobs.execute` runs each handler;
+the outcomes go to core's :class:`OutcomeBuffer`. Core's units (presence, cancel watch, progress
+coalescer, outcome buffer) run in :class:`~taskmill_redis.duties.Duties`.
 
 * **Timeouts**: RQ's death penalty raises :class:`TimeoutExpired` in the job; core records a
   failed attempt with ``error.type == "TimeoutError"``.
