@@ -194,8 +194,9 @@ class TaskStore(Protocol):
         """Running tasks whose worker is not registered (started before ``older_than``)."""
         ...
 
-    def stale_queued(self, older_than: dt.datetime, limit: int) -> list[Task]:
-        """Queued tasks queued before ``older_than`` (re-publish candidates)."""
+    def stale_queued(self, older_than: dt.datetime, limit: int, *, queue: str | None = None) -> list[Task]:
+        """Queued tasks queued before ``older_than`` (re-publish candidates), of one ``queue``
+        or of all, highest priority first, oldest first within one."""
         ...
 
     def cancel_flags(self, ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:

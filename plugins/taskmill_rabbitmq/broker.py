@@ -146,7 +146,7 @@ class RabbitBroker(Broker):
         Raises:
             BrokerUnavailable: RabbitMQ is down (the manager's re-publish catches up later).
         """
-        tasks = [t for t in _stale_queued(self.runtime, utcnow(), 100_000) if t.queue == name]
+        tasks = self.runtime.storage.tasks.stale_queued(utcnow(), 100_000, queue=name)
         for start in range(0, len(tasks), 1000):
             self.publish(tasks[start : start + 1000])
         now = time.monotonic()
@@ -289,14 +289,6 @@ def _paused_queues(runtime: Any) -> set[str]:
     if queues is not None and hasattr(queues, "paused"):
         return set(queues.paused())
     return set(storage.queues.paused())
-
-
-def _stale_queued(runtime: Any, before: Any, limit: int) -> list[Task]:
-    storage = runtime.storage
-    tasks = getattr(storage, "tasks", None)
-    if tasks is not None and hasattr(tasks, "stale_queued"):
-        return list(tasks.stale_queued(before, limit))
-    return list(storage.tasks.stale_queued(before, limit))
 
 
 def _queue_stats(runtime: Any) -> list[Any]:

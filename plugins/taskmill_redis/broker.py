@@ -130,7 +130,7 @@ class RedisBroker(Broker):
     def queue_resumed(self, name: str) -> int:
         """Publish again the queued tasks of a resumed queue that are in no Redis list (workers
         dropped their deliveries while it was paused), highest priority first."""
-        queued = [t for t in self.runtime.storage.tasks.stale_queued(utcnow(), 100_000) if t.queue == name]
+        queued = self.runtime.storage.tasks.stale_queued(utcnow(), 100_000, queue=name)
         return self.republish_lost(queued)
 
     def reclaim_dead(self) -> int:

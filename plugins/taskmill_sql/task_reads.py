@@ -195,13 +195,11 @@ class TaskReads:
         with self.db.one() as conn:
             return [row_to_task(r) for r in conn.execute(stmt)]
 
-    def stale_queued(self, older_than: dt.datetime, limit: int) -> list[Task]:
-        stmt = (
-            select(tasks)
-            .where(tasks.c.status == "queued", tasks.c.queued_at < older_than)
-            .order_by(tasks.c.priority.desc(), tasks.c.queued_at, tasks.c.seq)
-            .limit(limit)
-        )
+    def stale_queued(self, older_than: dt.datetime, limit: int, *, queue: str | None = None) -> list[Task]:
+        stmt = select(tasks).where(tasks.c.status == "queued", tasks.c.queued_at < older_than)
+        if queue is not None:
+            stmt = stmt.where(tasks.c.queue == queue)
+        stmt = stmt.order_by(tasks.c.priority.desc(), tasks.c.queued_at, tasks.c.seq).limit(limit)
         with self.db.one() as conn:
             return [row_to_task(r) for r in conn.execute(stmt)]
 
