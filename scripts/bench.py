@@ -359,6 +359,18 @@ def run_memory(args: argparse.Namespace, workdir: Path) -> None:
             print(f"| {name} | {start / 1024:.1f} | {end / 1024:.1f} | {rate:,.0f} | {per_task:,.0f} |")
 
 
+def _peer_row(rows: dict[str, list[float]], label: str, drain: Any) -> None:
+    """Run one peer's drain into ``rows`` (a peer not installed or failing leaves no row)."""
+    try:
+        got = drain()
+        print(f"{label}: {got}", file=sys.stderr, flush=True)
+    except Exception as exc:  # noqa: BLE001 - a peer failing does not stop the table
+        print(f"{label} failed: {exc}", file=sys.stderr)
+        return
+    if got is not None:
+        rows.setdefault(label, []).append(got)
+
+
 def run_drain(args: argparse.Namespace, workdir: Path) -> None:
     """The drain table: taskmill per pool, PgQueuer and Celery, in one run, ``--repeat`` rounds."""
     from bench_peers import celery_drain
@@ -379,23 +391,11 @@ def run_drain(args: argparse.Namespace, workdir: Path) -> None:
                 rows.setdefault(name, []).append(got["sampled"])
                 extra.setdefault(name, []).append(got["xacts_per_task"])
         with database("postgresql", workdir) as url:
-            try:
-                got = pgqueuer_drain(url, args.tasks, processes=2)
-                print(f"PgQueuer: {got}", file=sys.stderr, flush=True)
-            except Exception as exc:  # noqa: BLE001 - a peer failing does not stop the table
-                print(f"PgQueuer failed: {exc}", file=sys.stderr)
-                got = None
-            if got is not None:
-                rows.setdefault("PgQueuer pgq run, 2 processes, defaults", []).append(got)
+            label = "PgQueuer pgq run, 2 processes, defaults"
+            _peer_row(rows, label, lambda: pgqueuer_drain(url, args.tasks, processes=2))
         with redis_server() as server:  # a private redis-server for Celery's broker
-            try:
-                got = celery_drain(server.url, args.tasks, concurrency=2)
-                print(f"Celery: {got}", file=sys.stderr, flush=True)
-            except Exception as exc:  # noqa: BLE001 - a peer failing does not stop the table
-                print(f"Celery failed: {exc}", file=sys.stderr)
-                got = None
-            if got is not None:
-                rows.setdefault("Celery 5 prefork -c 2 on Redis, no result backend", []).append(got)
+            label = "Celery 5 prefork -c 2 on Redis, no result backend"
+            _peer_row(rows, label, lambda: celery_drain(server.url, args.tasks, concurrency=2))
     print(f"\nmachine: {machine()}; N = {args.tasks:,} no-op tasks; PostgreSQL; {args.repeat} round(s)\n")
     ref = rows.get("PgQueuer pgq run, 2 processes, defaults")
     print("| system, configuration | steady drain, tasks/s (each round) | × PgQueuer | DB commits/task |")
