@@ -243,19 +243,25 @@ class TaskmillWorkerMixin:
         entries = [qc.last_entry, *(entry for entry, _, _ in rest)]
         ids = [job.id, *(j.id for _, j, _ in rest)]
         inflight = inflight_key(self.name)  # type: ignore[attr-defined]
+        pipe = self.connection.pipeline(transaction=False)  # type: ignore[attr-defined]
+        # busy before the start commits: a SIGTERM from here on is a warm shutdown (RQ raises
+        # StopRequested in an idle worker, which would leave a started task unrun)
+        self.set_state(WorkerStatus.BUSY, pipeline=pipe)
         try:
             started = self._tm_rt.lifecycle.start([uuid.UUID(i) for i in ids], self.name)  # type: ignore[attr-defined]
         except StorageUnavailable as exc:
             logger.warning("cannot start %s task(s), giving them back: %s", len(ids), exc)
+            pipe.reset()
+            self.set_state(WorkerStatus.IDLE)
             qc.taken.clear()
             give_back(self.connection, inflight, entries)  # type: ignore[attr-defined]
             time.sleep(0.5)
             return None
         by_id = {str(t.id): t for t in started}
-        with self.connection.pipeline(transaction=False) as pipe:  # type: ignore[attr-defined]
+        with pipe:
             settle(self.connection, inflight, entries, pipeline=pipe)  # type: ignore[attr-defined]
-            if started:
-                self.set_state(WorkerStatus.BUSY, pipeline=pipe)  # a SIGTERM now is a warm shutdown
+            if not started:
+                self.set_state(WorkerStatus.IDLE, pipeline=pipe)
             pipe.execute()
         self._tm_batch = {i: by_id.get(i) for i in ids[1:]}
         return by_id.get(job.id)

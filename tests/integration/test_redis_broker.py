@@ -303,7 +303,11 @@ def test_warm_shutdown_lets_the_running_task_finish(env: Env) -> None:
     task = env.submit("sleep", {"seconds": 1.5}, queue=queue)
     env.wait_status(task, {"running"}, 15)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=20) == 0, env.logs()
+    try:
+        code = proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the worker did not stop within 20 s of SIGTERM:\n{env.logs()}")
+    assert code == 0, env.logs()
     assert env.get(task).status.value == "completed"
 
 
