@@ -335,6 +335,8 @@ def run_memory(args: argparse.Namespace, workdir: Path) -> None:
     print("| pool | PSS after start, MiB | PSS at end, MiB | tasks/s | storage bytes/task (tasks + events) |")
     print("|---|---:|---:|---:|---:|")
     for name, wargs in DRAIN_CONFIGS:
+        if args.only and args.only not in name:
+            continue
         with database("postgresql", workdir) as url:
             assert taskmill("db", "upgrade", env=base_env(url)).returncode == 0
             db = Db(url)
@@ -436,6 +438,7 @@ def main() -> None:
     ap.add_argument("--drain", action="store_true", help="only the drain table: pools against PgQueuer")
     ap.add_argument("--repeat", type=int, default=1, help="rounds of the drain table")
     ap.add_argument("--memory", action="store_true", help="only worker RSS and storage per task, per pool")
+    ap.add_argument("--only", default="", help="with --memory: only the pools whose label contains this")
     args = ap.parse_args()
     if args.memory:
         with tempfile.TemporaryDirectory() as tmp:
