@@ -118,7 +118,9 @@ def _url(url: str) -> str:
 
 
 class _Db:
-    """An engine (and its autocommit view) on the storage's database, rebuilt after a fork."""
+    """Two engines on the storage's database, rebuilt after a fork: ``engine`` for transactions
+    and migrations, and an autocommit one for single statements (its connections stay in
+    autocommit: switching a pooled connection's isolation level per statement cost ~0.3 ms)."""
 
     def __init__(self, url: str) -> None:
         self.url = make_url(_url(url))
@@ -126,30 +128,40 @@ class _Db:
             raise StorageUnavailable(f"the auth store needs a SQL database, not {self.url.drivername!r}")
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         self._lock = threading.Lock()
-        self._engine: Any = None
+        self._engines: tuple[Any, Any] | None = None
         self._pid = 0
 
-    @property
-    def engine(self) -> Any:
-        if self._engine is None or self._pid != os.getpid():
+    def _both(self) -> tuple[Any, Any]:
+        if self._engines is None or self._pid != os.getpid():
             with self._lock:
-                if self._engine is None or self._pid != os.getpid():
-                    if self._engine is not None:
-                        self._engine.dispose(close=False)
+                if self._engines is None or self._pid != os.getpid():
+                    if self._engines is not None:
+                        for old in self._engines:
+                            old.dispose(close=False)
                     args = (
                         {"timeout": 60, "check_same_thread": False}
                         if self.is_sqlite
                         else {"connect_timeout": 5}
                     )
-                    self._engine = create_engine(self.url, pool_size=5, max_overflow=10, connect_args=args)
+                    pool = {"pool_size": 5, "max_overflow": 10, "connect_args": args}
+                    engine = create_engine(self.url, **pool)
+                    if self.is_sqlite:
+                        auto = engine.execution_options(isolation_level="AUTOCOMMIT")
+                    else:
+                        auto = create_engine(self.url, isolation_level="AUTOCOMMIT", **pool)
+                    self._engines = (engine, auto)
                     self._pid = os.getpid()
-        return self._engine
+        return self._engines
+
+    @property
+    def engine(self) -> Any:
+        return self._both()[0]
 
     def run(self, stmt: Any, params: Any = None) -> Any:
         """One statement in autocommit mode, its rows fetched; an unreachable database raises
         StorageUnavailable."""
         try:
-            with self.engine.execution_options(isolation_level="AUTOCOMMIT").connect() as conn:
+            with self._both()[1].connect() as conn:
                 result = conn.execute(stmt, params) if params is not None else conn.execute(stmt)
                 return result.all() if result.returns_rows else result.rowcount
         except OperationalError as exc:
@@ -160,9 +172,11 @@ class _Db:
             raise
 
     def close(self) -> None:
-        if self._engine is not None:
-            self._engine.dispose()
-            self._engine = None
+        if self._engines is not None:
+            engine, auto = self._engines
+            auto.dispose()
+            engine.dispose()
+            self._engines = None
 
 
 def _key(r: Any) -> ApiKey:
