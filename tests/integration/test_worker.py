@@ -208,6 +208,23 @@ def test_prefetch_adapts_to_task_duration(tmp_path: Any) -> None:
         assert fixed.capacity == 3
 
 
+def test_a_loop_holding_enough_tasks_waits_instead_of_spinning(tmp_path: Any) -> None:
+    """Above the low-water mark the loop does not receive, so a past poll time must not make it
+    wait 0 s (it spun like that, 882,641 waits for 2,000 tasks, starving the pool's threads)."""
+    with runtime_on("sqlite", tmp_path) as rt:
+        options = WorkerOptions(queues=["default"], concurrency=2, prefetch=4)  # capacity 6
+        loop = WorkerLoop(rt, options, rt.broker.consumer(["default"], options.worker_id, 4))
+        past = time.monotonic() - 10
+        loop.presence.next_beat = time.monotonic() + 60  # as after a beat: no duty is due
+        assert loop._next_deadline() > time.monotonic()
+        loop.held.extend([object()] * 4)  # type: ignore[list-item]  # 4 held of 6: 2 free, below half
+        assert loop._wait_timeout(past, wake=True) > 0
+        assert loop._wait_timeout(past, wake=False) > 0
+        loop.held.clear()  # all free: the next pass receives, so a due poll means no wait
+        assert loop._wait_timeout(past, wake=True) == 0.0
+        assert loop._wait_timeout(past, wake=False) == 0.0
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_progress_moves_in_the_api_while_a_task_runs(backend: str, tmp_path: Any) -> None:
     """A 3 s ``sleep`` task (it reports every second): the API shows its progress moving while it
