@@ -144,17 +144,23 @@ def parse_entry(entry: str) -> tuple[str, str]:
 
 
 def take(
-    conn: Redis, inflight: str, list_keys: Sequence[str], silence: bool = True, count: int = 1
+    conn: Redis,
+    inflight: str,
+    list_keys: Sequence[str],
+    silence: bool = True,
+    count: int = 1,
+    bells: Sequence[str] | None = None,
 ) -> list[tuple[str, str]]:
     """Move up to ``count`` job ids, first lists first, into ``inflight``, atomically.
 
     ``silence``: silence one bell ring per id taken (False: the caller's ``BLPOP`` already took
-    one ring).
+    one ring). ``bells``: the bell of each list, in order (computed when not given).
 
     Returns:
         ``(list key, job id)`` of each id taken, in order; empty when every list is empty.
     """
-    bells = [_bell_of_list(k) for k in list_keys]
+    if bells is None:
+        bells = [_bell_of_list(k) for k in list_keys]
     got = _run(
         conn, _TAKE, [inflight, *list_keys, *bells], ["0" if silence else "1", str(max(1, int(count)))]
     )
@@ -238,11 +244,12 @@ class ReliableQueue(Queue):
         queues = list(queues)
         by_key = {q.key: q for q in queues}
         keys = list(by_key)
-        bells = sorted({_bell_of_list(k) for k in keys})
+        key_bells = [_bell_of_list(k) for k in keys]
+        bells = sorted(set(key_bells))
         deadline = None if timeout is None else time.monotonic() + timeout
         silence = True
         while True:
-            got = take(connection, cls.inflight, keys, silence, cls.take_limit)
+            got = take(connection, cls.inflight, keys, silence, cls.take_limit, key_bells)
             if got:
                 for key, job_id in got:
                     queue = by_key[key]

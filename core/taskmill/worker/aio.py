@@ -84,22 +84,15 @@ class AsyncioPool(ThreadPool):
                 job.future = self.loop.create_task(self._run_async(job))
 
     async def _run_async(self, job: _AsyncJob) -> None:
-        tid = job.task.id
-
-        def report(value: float) -> None:
-            job.progress = value
-            if tid not in self._progress:
-                self._progress[tid] = job
-                self.wakeup.put(PoolEvent("tick", tid))
-
         try:
+            report = self._reporter(job)
             outcome = await run_handler_async(
                 self.runtime, job.task, report_progress=report, check_cancel=lambda: job.cancelled
             )
         except asyncio.CancelledError:
             return  # stopped by force: the worker loop already recorded how it ended
         if not job.abandoned:
-            self.wakeup.put(PoolEvent("done", tid, outcome=outcome))
+            self.wakeup.put(PoolEvent("done", job.task.id, outcome=outcome))
 
     def kill(self, task_id: uuid.UUID) -> bool:
         job = self.jobs.get(task_id)

@@ -137,6 +137,13 @@ class ThreadPool(Pool):
             self.wakeup.put(PoolEvent("done", job.task.id, outcome=outcome))
 
     def execute(self, job: _Job) -> Outcome:
+        return run_handler(
+            self.runtime, job.task, report_progress=self._reporter(job), check_cancel=lambda: job.cancelled
+        )
+
+    def _reporter(self, job: _Job) -> Any:
+        """The handler's ``report_progress``: keeps the latest value and pokes the loop once per
+        pending value (the loop reads it when it handles the tick)."""
         tid = job.task.id
 
         def report(value: float) -> None:
@@ -145,7 +152,7 @@ class ThreadPool(Pool):
                 self._progress[tid] = job
                 self.wakeup.put(PoolEvent("tick", tid))
 
-        return run_handler(self.runtime, job.task, report_progress=report, check_cancel=lambda: job.cancelled)
+        return report
 
     # -- the loop's side -----------------------------------------------------------------------
     def free(self) -> int:
