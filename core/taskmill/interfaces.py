@@ -99,6 +99,13 @@ class Storage:
         if store is not None:
             store.add(entry)
 
+    @property
+    def audits_with_tasks(self) -> bool:
+        """True when ``tasks.insert(…, audit=entry)`` writes an audit entry in the tasks' own
+        transaction (a submission and its entry commit together); else core calls
+        :meth:`add_audit` after the insert."""
+        return False
+
 
 class Broker:
     """A transport: carries task ids from the database to workers. Never writes task state.

@@ -196,11 +196,14 @@ class Lifecycle:
             request_hash=request_hash(data) if data.get("idempotency_key") else None,
         )
 
-    def submit(self, new_tasks: Sequence[NewTask], *, workflow: Any = None) -> list[tuple[Task, bool]]:
+    def submit(
+        self, new_tasks: Sequence[NewTask], *, workflow: Any = None, audit: dict[str, Any] | None = None
+    ) -> list[tuple[Task, bool]]:
         """Insert tasks (all or none) and hand the queued ones to the broker.
 
         With ``workflow`` (a :class:`taskmill.workflows.NewWorkflow`) the tasks carry their ids and
         may depend on each other; the workflow's rows are written in the same transaction.
+        With ``audit`` (only where ``storage.audits_with_tasks``) an audit entry is too.
 
         Returns:
             ``(task, created)`` per input, in order; ``created`` is False for an idempotent repeat.
@@ -229,6 +232,8 @@ class Lifecycle:
         statuses = [self._initial_status(t, deps, now, batch) for t in new_tasks]
         if workflow is not None:
             results = self.tasks.insert(new_tasks, statuses, self.storage.workflows.writer(workflow))
+        elif audit is not None:
+            results = self.tasks.insert(new_tasks, statuses, audit=audit)
         else:
             results = self.tasks.insert(new_tasks, statuses)
         created = [task for task, is_new in results if is_new]

@@ -45,11 +45,19 @@ class TaskStore(Protocol):
     """Tasks: the hot table. Writes are for the lifecycle only."""
 
     # -- writes (lifecycle only) ---------------------------------------------------------------
-    def insert(self, tasks: Sequence[NewTask], statuses: Sequence[TaskStatus]) -> list[tuple[Task, bool]]:
+    def insert(
+        self,
+        tasks: Sequence[NewTask],
+        statuses: Sequence[TaskStatus],
+        *,
+        audit: dict[str, Any] | None = None,
+    ) -> list[tuple[Task, bool]]:
         """Insert tasks (and their dependency edges) in one transaction, all or none; return
         ``(task, created)`` in input order. A task whose ``(tenant, idempotency_key)`` exists
         with the same ``request_hash`` is not inserted: the existing one is returned with
-        ``created`` False. Journals ``task.submitted`` for each inserted task.
+        ``created`` False. Journals ``task.submitted`` for each inserted task. ``audit``, given
+        only when the storage says :attr:`~taskmill.interfaces.Storage.audits_with_tasks`, is an
+        audit entry written in the same transaction.
 
         Raises:
             Conflict: a key reused with a different ``request_hash``; nothing was written.

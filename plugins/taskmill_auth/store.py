@@ -238,14 +238,24 @@ class KeyStore:
 class AuditStore:
     """The audit log: who did what to which object, newest first."""
 
+    table = audit_log
+    """The table, for a task store that writes an entry in its own statement (the SQL storage:
+    a submission and its entry commit together, in one round trip)."""
+
     def __init__(self, db: _Db) -> None:
         self.db = db
 
-    def add(self, entry: dict[str, Any]) -> None:
-        """Append one entry (``actor``, ``tenant``, ``action``, optional ``target``, ``details``, ``at``)."""
+    @staticmethod
+    def row(entry: dict[str, Any]) -> dict[str, Any]:
+        """The row of an entry (``actor``, ``tenant``, ``action``, optional ``target``,
+        ``details``, ``at``)."""
         row = {"target": None, "details": None, **entry}
         row.setdefault("at", utcnow())
-        self.db.run(insert(audit_log), row)
+        return row
+
+    def add(self, entry: dict[str, Any]) -> None:
+        """Append one entry (see :meth:`row`)."""
+        self.db.run(insert(audit_log), self.row(entry))
 
     def list(self, *, offset: int, limit: int, tenant: str | None) -> tuple[list[dict], int]:
         """One page of entries (of ``tenant``, or all) and the total count."""

@@ -64,6 +64,17 @@ class SqlStorage(Storage):
 
         return SqlInsights(self)
 
+    def attach(self, name: str, store: Any) -> None:
+        """An audit store with a ``table`` and a ``row(entry)`` (the auth plugin's, built on this
+        storage's database) also lets a submission write its entry in the task's statement."""
+        super().attach(name, store)
+        if name == "audit" and getattr(store, "table", None) is not None and hasattr(store, "row"):
+            self.tasks.audit = store
+
+    @property
+    def audits_with_tasks(self) -> bool:
+        return self.tasks.audit is not None
+
     # ---- what other modules of the plugin (broker, dashboard reads) reach ------------------------
     @property
     def engine(self) -> Any:

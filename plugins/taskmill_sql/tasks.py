@@ -41,6 +41,7 @@ from taskmill.plugin_api import StorageError
 from taskmill.plugin_api import Task
 from taskmill.plugin_api import TaskStatus
 from taskmill.plugin_api import utcnow
+from taskmill_sql.db import short_error
 from taskmill_sql.tables import UTCDateTime
 from taskmill_sql.tables import queues
 from taskmill_sql.tables import task_dependencies
@@ -84,17 +85,29 @@ class SqlTaskStore(TaskReads):
     """:class:`taskmill.stores.TaskStore` on SQL."""
 
     # ---- insert ------------------------------------------------------------------------------
+    audit: Any = None
+    """The attached audit store (:meth:`taskmill_sql.storage.SqlStorage.attach`), whose entries
+    an insert can write itself."""
+
     def insert(
         self,
         new: Sequence[NewTask],
         statuses: Sequence[TaskStatus],
         also: Callable[[Any], None] | None = None,
+        *,
+        audit: dict[str, Any] | None = None,
     ) -> list[tuple[Task, bool]]:
-        """``also(conn)``, when given, writes more rows in the same transaction (a workflow's)."""
+        """``also(conn)``, when given, writes more rows in the same transaction (a workflow's);
+        ``audit``, an audit entry written with the tasks: in the insert's own statement on
+        PostgreSQL (one round trip, one commit), in its transaction on SQLite."""
+        if audit is not None and self.audit is None:
+            raise ValueError("no audit store is attached to write the entry with the tasks")
         for attempt in range(3):
             try:
-                return self._insert(new, statuses, also)
-            except IntegrityError:
+                return self._insert(new, statuses, also, audit)
+            except IntegrityError as exc:
+                if not any(t.idempotency_key for t in new):  # no key to find on a second pass
+                    raise StorageError(f"could not insert tasks: {short_error(exc)}") from None
                 # a concurrent submission took an idempotency key: the next pass finds it
                 if attempt == 2:
                     raise StorageError("could not insert tasks: idempotency keys keep colliding") from None
@@ -109,13 +122,21 @@ class SqlTaskStore(TaskReads):
         new: Sequence[NewTask],
         statuses: Sequence[TaskStatus],
         also: Callable[[Any], None] | None = None,
+        audit: dict[str, Any] | None = None,
     ) -> list[tuple[Task, bool]]:
         now = utcnow()
         keyed = [t for t in new if t.idempotency_key]
         deps_rows = []
         rows = []
         ids: list[uuid.UUID | None] = []
-        needs_tx = bool(keyed) or any(t.depends_on for t in new) or len(new) > 1 or also is not None
+        audit_row = None if audit is None else self.audit.row(audit)
+        needs_tx = (
+            bool(keyed)
+            or any(t.depends_on for t in new)
+            or len(new) > 1
+            or also is not None
+            or (audit_row is not None and self.db.is_sqlite)
+        )
         with self.db.tx() if needs_tx else self.db.one() as conn:
             existing: dict[tuple[str, str], Task] = {}
             if keyed:
@@ -189,7 +210,12 @@ class SqlTaskStore(TaskReads):
                 # one INSERT … VALUES (…), (…) … for the lot (insertmanyvalues); the journal
                 # trigger adds the task.submitted rows in the same statement. Nothing is RETURNed:
                 # every column is known here.
-                conn.execute(self._insert_stmt, rows[0] if len(rows) == 1 else rows)
+                stmt = self._insert_stmt
+                if audit_row is not None and not needs_tx:
+                    # PostgreSQL: the entry rides in the task's statement as a data-modifying CTE
+                    stmt = stmt.add_cte(self._audit_insert(audit_row).cte("audit_entry"))
+                    audit_row = None
+                conn.execute(stmt, rows[0] if len(rows) == 1 else rows)
                 by_id = {t_id: t for t_id, t in zip(ids, new, strict=True) if t_id is not None}
                 inserted = {
                     row["id"]: row_to_task(row, [str(d) for d in by_id[row["id"]].depends_on]) for row in rows
@@ -198,6 +224,8 @@ class SqlTaskStore(TaskReads):
                 conn.execute(insert(task_dependencies), deps_rows)
             if also is not None:
                 also(conn)
+            if audit_row is not None:
+                conn.execute(self._audit_insert(audit_row))
         out: list[tuple[Task, bool]] = []
         firsts: set[uuid.UUID] = set()
         for t, task_id in zip(new, ids, strict=True):
@@ -207,6 +235,13 @@ class SqlTaskStore(TaskReads):
                 out.append((inserted[task_id], task_id not in firsts))
                 firsts.add(task_id)
         return out
+
+    def _audit_insert(self, row: dict[str, Any]) -> Any:
+        """An INSERT of one audit row whose parameters cannot collide with the task insert's."""
+        table = self.audit.table
+        return insert(table).values(
+            {k: bindparam(f"audit_{k}", v, type_=table.c[k].type) for k, v in row.items()}
+        )
 
     # ---- the general conditional move ----------------------------------------------------------
     @staticmethod

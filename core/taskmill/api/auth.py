@@ -55,6 +55,7 @@ __all__ = [
     "init_auth",
     "LOCAL_PRINCIPAL",
     "audit",
+    "audit_entry",
     "actor_of",
 ]
 
@@ -241,23 +242,28 @@ def audit(action: str, target: str | None = None, *, tenant: str | None = None, 
         tenant: the tenant the object belongs to; defaults to the caller's.
         details: more JSON-serialisable facts (never a secret).
     """
-    principal = current_principal()
-    entry_tenant = tenant or principal.tenant
-    if entry_tenant != principal.tenant:
-        details = {**details, "actor_tenant": principal.tenant}
-    entry = {
-        "actor": actor_of(principal)[:200],
-        "tenant": entry_tenant[:100],
-        "action": action,
-        "target": None if target is None else str(target)[:200],
-        "details": details or None,
-    }
+    entry = audit_entry(action, target, tenant=tenant, **details)
     try:
         current_app.extensions["taskmill"].storage.add_audit(entry)
     except StorageUnavailable as exc:
         logger.error("audit entry %s on %s could not be written: %s", action, target, exc)
     except Exception:  # noqa: BLE001 - the action is done; a lost entry must not turn it into a 500
         logger.error("audit entry %s on %s could not be written", action, target, exc_info=True)
+
+
+def audit_entry(action: str, target: str | None = None, *, tenant: str | None = None, **details: Any) -> dict:
+    """The entry :func:`audit` writes (for a store that writes it with the action itself)."""
+    principal = current_principal()
+    entry_tenant = tenant or principal.tenant
+    if entry_tenant != principal.tenant:
+        details = {**details, "actor_tenant": principal.tenant}
+    return {
+        "actor": actor_of(principal)[:200],
+        "tenant": entry_tenant[:100],
+        "action": action,
+        "target": None if target is None else str(target)[:200],
+        "details": details or None,
+    }
 
 
 def init_auth(app: Flask, runtime: Any) -> None:
