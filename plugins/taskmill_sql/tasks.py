@@ -210,12 +210,13 @@ class SqlTaskStore(TaskReads):
                 # one INSERT … VALUES (…), (…) … for the lot (insertmanyvalues); the journal
                 # trigger adds the task.submitted rows in the same statement. Nothing is RETURNed:
                 # every column is known here.
-                stmt = self._insert_stmt
                 if audit_row is not None and not needs_tx:
                     # PostgreSQL: the entry rides in the task's statement as a data-modifying CTE
-                    stmt = stmt.add_cte(self._audit_insert(audit_row).cte("audit_entry"))
+                    params = {**rows[0], **{f"audit_{k}": v for k, v in audit_row.items()}}
+                    conn.execute(self._insert_with_audit_stmt, params)
                     audit_row = None
-                conn.execute(stmt, rows[0] if len(rows) == 1 else rows)
+                else:
+                    conn.execute(self._insert_stmt, rows[0] if len(rows) == 1 else rows)
                 by_id = {t_id: t for t_id, t in zip(ids, new, strict=True) if t_id is not None}
                 inserted = {
                     row["id"]: row_to_task(row, [str(d) for d in by_id[row["id"]].depends_on]) for row in rows
@@ -225,7 +226,7 @@ class SqlTaskStore(TaskReads):
             if also is not None:
                 also(conn)
             if audit_row is not None:
-                conn.execute(self._audit_insert(audit_row))
+                conn.execute(self._audit_stmt, {f"audit_{k}": v for k, v in audit_row.items()})
         out: list[tuple[Task, bool]] = []
         firsts: set[uuid.UUID] = set()
         for t, task_id in zip(new, ids, strict=True):
@@ -236,12 +237,17 @@ class SqlTaskStore(TaskReads):
                 firsts.add(task_id)
         return out
 
-    def _audit_insert(self, row: dict[str, Any]) -> Any:
-        """An INSERT of one audit row whose parameters cannot collide with the task insert's."""
+    @functools.cached_property
+    def _audit_stmt(self) -> Any:
+        """An INSERT of one audit row, its parameters named ``audit_<column>`` so that they
+        cannot collide with the task insert's."""
         table = self.audit.table
-        return insert(table).values(
-            {k: bindparam(f"audit_{k}", v, type_=table.c[k].type) for k, v in row.items()}
-        )
+        cols = [c for c in table.c if not c.primary_key]
+        return insert(table).values({c.name: bindparam(f"audit_{c.name}", type_=c.type) for c in cols})
+
+    @functools.cached_property
+    def _insert_with_audit_stmt(self) -> Any:
+        return insert(tasks).add_cte(self._audit_stmt.cte("audit_entry"))
 
     # ---- the general conditional move ----------------------------------------------------------
     @staticmethod
