@@ -146,6 +146,7 @@ class TaskmillWorkerMixin:
         self._tm_duties = duties
         jobs.set_current(duties, None)
         duties.start()
+        self.queue_class.take_limit = self._tm_take_limit()  # type: ignore[attr-defined]  # the first take too
         if not self.forks:
             signal.signal(signal.SIGUSR1, self._tm_on_force_stop)
         worked = False
@@ -271,9 +272,11 @@ class TaskmillWorkerMixin:
         batch, self._tm_batch = self._tm_batch, {}
         self.queue_class.taken.clear()  # type: ignore[attr-defined]  # still in flight: reclaimed
         assert self._tm_duties is not None
-        for task in batch.values():
-            if task is not None:
-                self._tm_duties.outcome(task, Outcome(task.id, "requeue"))
+        back = [task for task in batch.values() if task is not None]
+        for task in back:
+            self._tm_duties.outcome(task, Outcome(task.id, "requeue"))
+        if back:
+            logger.info("handed back %s started but unrun task(s) of the last take", len(back))
 
     def _tm_take_limit(self) -> int:
         """Ids one take may move: one per job, plus a prefetch while tasks are short (as core's

@@ -149,9 +149,11 @@ def test_a_sigkilled_worker_has_its_task_run_again_with_the_attempt_counted(brok
 @pytest.mark.slow
 def test_warm_shutdown_finishes_the_running_task_and_gives_back_the_rest(broker: Any, queue: str) -> None:
     """SIGTERM: the running task completes; tasks the worker held but had not started go back
-    unstarted (queued, attempt not counted) and run on another worker."""
-    running = broker.submit("sleep", {"seconds": 1.5}, queue=queue, priority=9)
-    rest = [broker.submit("contract.stamp", {"i": i}, queue=queue, priority=1) for i in range(3)]
+    unstarted (queued, attempt not counted) and run on another worker. One priority, so that a
+    broker taking a batch from one list (Redis) holds all four: the three behind the running one
+    are started with the take and must be handed back, not just left in the queue."""
+    running = broker.submit("sleep", {"seconds": 1.5}, queue=queue)
+    rest = [broker.submit("contract.stamp", {"i": i}, queue=queue) for i in range(3)]
     w = broker.worker(queue, "--prefetch", "3")
     broker.wait_status(running["id"], {"running"})
     w.signal(signal.SIGTERM)
