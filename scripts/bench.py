@@ -332,8 +332,11 @@ def run_memory(args: argparse.Namespace, workdir: Path) -> None:
     from bench_peers import watch_drain
 
     print(f"\nmachine: {machine()}; N = {args.tasks:,} echo tasks per pool; PostgreSQL\n")
-    print("| pool | PSS after start, MiB | PSS at end, MiB | tasks/s | storage bytes/task (tasks + events) |")
-    print("|---|---:|---:|---:|---:|")
+    print(
+        "| pool | PSS after start, MiB | PSS at each tenth completed, MiB | PSS at end, MiB | tasks/s "
+        "| storage bytes/task (tasks + events) |"
+    )
+    print("|---|---:|---|---:|---:|---:|")
     for name, wargs in DRAIN_CONFIGS:
         if args.only and args.only not in name:
             continue
@@ -348,17 +351,22 @@ def run_memory(args: argparse.Namespace, workdir: Path) -> None:
                 ):
                     time.sleep(0.2)
                 start = _rss_kib(proc.pid)
-                rate = watch_drain(
-                    lambda db=db: db.scalar("SELECT count(*) FROM tasks WHERE status <> 'completed'"),
-                    args.tasks,
-                    timeout=3600,
-                    every=0.5,
-                    procs=[proc],
-                )
+                tenths: list[float] = []
+
+                def remaining(db: Db = db, pid: int = proc.pid, tenths: list[float] = tenths) -> int:
+                    left = db.scalar("SELECT count(*) FROM tasks WHERE status <> 'completed'")
+                    while len(tenths) < 9 and args.tasks - left >= (len(tenths) + 1) * args.tasks / 10:
+                        tenths.append(_rss_kib(pid) / 1024)  # the curve says more than its ends
+                    return left
+
+                rate = watch_drain(remaining, args.tasks, timeout=3600, every=0.5, procs=[proc])
                 end = _rss_kib(proc.pid)
             size = db.scalar("SELECT pg_total_relation_size('tasks') + pg_total_relation_size('events')")
             per_task = size / args.tasks
-            print(f"| {name} | {start / 1024:.1f} | {end / 1024:.1f} | {rate:,.0f} | {per_task:,.0f} |")
+            curve = " ".join(f"{v:.0f}" for v in tenths)
+            cells = [name, f"{start / 1024:.1f}", curve, f"{end / 1024:.1f}"]
+            cells += [f"{rate:,.0f}", f"{per_task:,.0f}"]
+            print("| " + " | ".join(cells) + " |")
 
 
 def _peer_row(rows: dict[str, list[float]], label: str, drain: Any) -> None:
