@@ -94,7 +94,8 @@ class Installation:
             if body.get("status") in statuses:
                 return body
             time.sleep(0.1)
-        raise AssertionError(f"task {task_id} did not reach {statuses}: {body}")
+        output = "\n".join(self.lines[-80:])
+        raise AssertionError(f"task {task_id} did not reach {statuses}: {body}\n--- taskmill run:\n{output}")
 
     def stop(self) -> int:
         """Ctrl-C, as a user would; everything must be gone afterwards."""
