@@ -113,6 +113,17 @@ WORKER_PROCESSES = Gauge(
 
 _children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
+_WRITES = threading.Lock()
+"""Held around every metric write of this module, and taken by :func:`os.fork` before it forks.
+
+prometheus_client guards each value with a lock (in multiprocess mode one lock for every value of
+the process, "as we presume there is no threading going on"). A fork while another thread held it
+— the resource sampler's first sample as RQ's WorkerPool forked its workers, seen once in the
+end-to-end suite — left the child's copy locked forever: the child hung at its first metric write,
+right after starting its first task. With this lock no thread is inside a write when a process
+forks."""
+os.register_at_fork(before=_WRITES.acquire, after_in_parent=_WRITES.release, after_in_child=_WRITES.release)
+
 
 def _child(metric: Any, *labels: str) -> Any:
     """``metric.labels(*labels)``, looked up once: ``labels()`` costs as much as the increment
@@ -126,17 +137,20 @@ def _child(metric: Any, *labels: str) -> Any:
 
 
 def submitted(queue: str, type_: str) -> None:
-    _child(TASKS_SUBMITTED, queue, type_).inc()
+    with _WRITES:
+        _child(TASKS_SUBMITTED, queue, type_).inc()
 
 
 def finished(queue: str, type_: str, status: str, duration: float | None = None) -> None:
-    _child(TASKS_FINISHED, queue, type_, status).inc()
-    if duration is not None:
-        _child(TASK_DURATION, queue, type_).observe(duration)
+    with _WRITES:
+        _child(TASKS_FINISHED, queue, type_, status).inc()
+        if duration is not None:
+            _child(TASK_DURATION, queue, type_).observe(duration)
 
 
 def waited(queue: str, seconds: float) -> None:
-    _child(TASK_WAIT, queue).observe(max(0.0, seconds))
+    with _WRITES:
+        _child(TASK_WAIT, queue).observe(max(0.0, seconds))
 
 
 # ---- the cluster snapshot -----------------------------------------------------------------------
@@ -481,14 +495,15 @@ class ResourceSampler:
         if usage is None:
             return
         cpu, rss, count = usage
-        if worker != self._worker:  # a new id after re-registering: its counter starts here
-            self._worker, self._cpu_seen = worker, 0.0
-        if cpu > self._cpu_seen:  # a dying child's time moves to the parent a moment later
-            WORKER_CPU.labels(worker).inc(cpu - self._cpu_seen)
-            self._cpu_seen = cpu
-        WORKER_RSS.labels(worker).set(rss)
-        WORKER_PROCESSES.labels(worker).set(count)
-        WORKER_CONCURRENCY.labels(worker).set(self.rt.settings.concurrency)
+        with _WRITES:
+            if worker != self._worker:  # a new id after re-registering: its counter starts here
+                self._worker, self._cpu_seen = worker, 0.0
+            if cpu > self._cpu_seen:  # a dying child's time moves to the parent a moment later
+                WORKER_CPU.labels(worker).inc(cpu - self._cpu_seen)
+                self._cpu_seen = cpu
+            WORKER_RSS.labels(worker).set(rss)
+            WORKER_PROCESSES.labels(worker).set(count)
+            WORKER_CONCURRENCY.labels(worker).set(self.rt.settings.concurrency)
 
     def run(self, stop: threading.Event) -> threading.Thread:
         def loop() -> None:
