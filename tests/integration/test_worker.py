@@ -227,14 +227,13 @@ def test_a_loop_holding_enough_tasks_waits_instead_of_spinning(tmp_path: Any) ->
 
 def test_a_loop_whose_outcomes_lag_stops_taking_tasks(tmp_path: Any, monkeypatch: Any) -> None:
     """Outcomes pile up while the database is slow to write them (the writer is held here): past
-    OUTCOME_BACKLOG finished-but-unwritten tasks the loop takes no more, so memory stays bounded
-    and a killed worker has few to run again; once the writer catches up, everything completes."""
-    from taskmill.worker import loop as loop_module
-
-    monkeypatch.setattr(loop_module, "OUTCOME_BACKLOG", 5)
+    the buffer's ``max_pending`` finished-but-unwritten tasks the loop takes no more, so memory
+    stays bounded and a killed worker has few to run again; once the writer catches up,
+    everything completes."""
     with runtime_on("sqlite", tmp_path) as rt:
         tasks = [submit(rt, payload={"i": i}) for i in range(60)]
         running = RunningPool(rt, concurrency=2, prefetch=2, pool="threads")
+        running.pool.outcomes.max_pending = 5
         gate = threading.Event()
         real_finish = rt.lifecycle.finish
 

@@ -55,12 +55,8 @@ logger = logging.getLogger("taskmill.worker")
 
 FLUSH_AFTER = 0.02
 """Longest time (s) a finished task's outcome waits to be written with others."""
-OUTCOME_BACKLOG = 2000
-"""Finished tasks whose outcomes are not yet written beyond which the loop takes no more: when
-the database slows down (a vacuum of a large table), completions would otherwise pile up in
-memory (each a task with its result) and all of them run again if the worker died."""
 BACKLOG_POLL = 0.005
-"""How often (s) a backlogged loop looks again."""
+"""How often (s) a loop whose outcome buffer is backlogged looks again (it takes no tasks)."""
 
 
 def worker_info(options: WorkerOptions, concurrency: int | None = None) -> WorkerInfo:
@@ -209,7 +205,7 @@ class WorkerLoop:
                 want = capacity - len(self.running) - len(self.held)
                 idle = not self.running and not self.held
                 low_water = want >= max(1, capacity // 2) or idle
-                if want > 0 and low_water and not self._backlogged() and (wake or now >= next_poll):
+                if want > 0 and low_water and not self.outcomes.backlogged and (wake or now >= next_poll):
                     timeout = 0.0
                     if fd is None and idle and not len(self.outcomes):
                         timeout = max(0.0, min(idle_sleep, self._next_deadline() - now))
@@ -266,7 +262,7 @@ class WorkerLoop:
         until a slot frees up instead of spinning."""
         now = time.monotonic()
         deadline = min(self._next_deadline(), now + 0.5)
-        if self._backlogged():
+        if self.outcomes.backlogged:
             return min(max(0.0, deadline - now), BACKLOG_POLL)  # until the writer catches up
         if not self.stopping:
             capacity = self.capacity
@@ -277,9 +273,6 @@ class WorkerLoop:
                     return 0.0
                 deadline = min(deadline, next_poll)
         return max(0.0, deadline - now)
-
-    def _backlogged(self) -> bool:
-        return len(self.outcomes) >= OUTCOME_BACKLOG
 
     # -- steps ----------------------------------------------------------------------------------
     def _receive(self, limit: int, timeout: float) -> int:

@@ -35,6 +35,10 @@ class OutcomeBuffer:
         worker_id: the worker whose tasks these are (only tasks it still holds are written).
         max_delay: longest wait of an outcome, in seconds.
         max_batch: flush as soon as this many are pending.
+        max_pending: beyond this many unwritten outcomes the buffer is :attr:`backlogged`: its
+            producer should take no more tasks until the writer catches up (when the database
+            slows down, finished tasks, each with its result, would otherwise pile up in memory,
+            and all of them run again if the worker died).
         on_written: called with the tasks written (counters, metrics).
         retries: attempts when the database is unreachable, with a growing pause.
     """
@@ -45,6 +49,7 @@ class OutcomeBuffer:
         worker_id: str,
         max_delay: float = 0.02,
         max_batch: int = 100,
+        max_pending: int = 2000,
         on_written: Callable[[list[Task]], None] | None = None,
         retries: int = 10,
         clock: Callable[[], float] = time.monotonic,
@@ -53,6 +58,7 @@ class OutcomeBuffer:
         self.worker_id = worker_id
         self.max_delay = max_delay
         self.max_batch = max_batch
+        self.max_pending = max_pending
         self.on_written = on_written
         self.retries = retries
         self.clock = clock
@@ -66,6 +72,11 @@ class OutcomeBuffer:
 
     def __len__(self) -> int:
         return len(self._pending)
+
+    @property
+    def backlogged(self) -> bool:
+        """True while ``max_pending`` or more outcomes wait to be written."""
+        return len(self._pending) >= self.max_pending
 
     def put(self, task: Task, outcome: Outcome) -> None:
         if outcome.kind in ("failed", "retry"):
